@@ -1,0 +1,22 @@
+//! WarrenMQ: an AMQP 0-9-1 message broker that RabbitMQ clients use unchanged.
+//!
+//! Module map:
+//! - `config`     — defaults, TOML file, `WARRENMQ_*` env and flags; every limit in one place
+//! - `server`     — listener, accept loop with back-off, connection limit, shutdown
+//! - `protocol`   — wire codec: frame reading with limits, hand-encoded hot frames, table checks
+//! - `connection` — per-connection task: handshake, read loop, heartbeats, outbound writer
+//! - `channel`    — channel state machine and content assembly; one file per AMQP class
+//! - `broker`     — vhosts, exchanges (one matcher per type), queues, deliveries, messages
+//! - `store`      — durable definitions in sled, recovery, format version
+//! - `auth`       — users, PLAIN/AMQPLAIN, loopback-only guest
+//! - `error`      — reply codes and the error type every handler returns
+
+pub mod auth;
+pub mod broker;
+pub mod channel;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod protocol;
+pub mod server;
+pub mod store;

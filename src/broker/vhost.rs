@@ -1,0 +1,610 @@
+//! A virtual host: its exchanges and queues, declaration rules, bindings, and the shared
+//! routing step every publish goes through.
+
+use super::args::{self, EXCHANGE_EQUIVALENCE_KEYS, QUEUE_EQUIVALENCE_KEYS};
+use super::exchange::{Binding, Destination, Exchange, ExchangeSpec, ExchangeType};
+use super::message::Message;
+use super::queue::{InboundBinding, Queue, QueueSpec};
+use crate::error::{AmqpError, AmqpResult};
+use crate::protocol::{AMQPValue, FieldTable};
+use crate::store::Store;
+use dashmap::DashMap;
+use std::sync::Arc;
+
+pub struct VHost {
+    pub name: String,
+    pub exchanges: DashMap<String, Arc<Exchange>>,
+    pub queues: DashMap<String, Arc<Queue>>,
+    store: Option<Arc<Store>>,
+}
+
+/// A queue.declare / exchange.declare request, after protocol decoding.
+pub struct QueueDeclare {
+    pub name: String,
+    pub passive: bool,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+impl VHost {
+    pub fn new(name: &str, store: Option<Arc<Store>>) -> Arc<Self> {
+        let vhost = VHost {
+            name: name.to_string(),
+            exchanges: DashMap::new(),
+            queues: DashMap::new(),
+            store,
+        };
+        let builtin: &[(&str, ExchangeType, bool)] = &[
+            ("", ExchangeType::Direct, false),
+            ("amq.direct", ExchangeType::Direct, false),
+            ("amq.fanout", ExchangeType::Fanout, false),
+            ("amq.topic", ExchangeType::Topic, false),
+            ("amq.headers", ExchangeType::Headers, false),
+            ("amq.match", ExchangeType::Headers, false),
+            ("amq.rabbitmq.trace", ExchangeType::Topic, true),
+        ];
+        for (n, kind, internal) in builtin {
+            vhost.exchanges.insert(
+                n.to_string(),
+                Exchange::new(ExchangeSpec {
+                    name: n.to_string(),
+                    kind: *kind,
+                    durable: true,
+                    auto_delete: false,
+                    internal: *internal,
+                    arguments: FieldTable::default(),
+                }),
+            );
+        }
+        Arc::new(vhost)
+    }
+
+    fn no_exchange(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no exchange '{name}' in vhost '{}'", self.name))
+    }
+
+    fn no_queue(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no queue '{name}' in vhost '{}'", self.name))
+    }
+
+    pub fn exchange(&self, name: &str) -> AmqpResult<Arc<Exchange>> {
+        self.exchanges
+            .get(name)
+            .map(|e| e.clone())
+            .ok_or_else(|| self.no_exchange(name))
+    }
+
+    /// A queue this connection may use: 404 if missing, 405 if another connection's
+    /// exclusive queue.
+    pub fn queue(&self, name: &str, conn_id: u64) -> AmqpResult<Arc<Queue>> {
+        let q = self
+            .queues
+            .get(name)
+            .map(|q| q.clone())
+            .ok_or_else(|| self.no_queue(name))?;
+        self.check_exclusive(&q, conn_id)?;
+        Ok(q)
+    }
+
+    fn check_exclusive(&self, q: &Queue, conn_id: u64) -> AmqpResult<()> {
+        match q.spec.exclusive_owner {
+            Some(owner) if owner != conn_id => Err(AmqpError::locked(format!(
+                "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be \
+                 originally declared on another connection or the exclusive property value does \
+                 not match that of the original declaration.",
+                q.name(),
+                self.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn declare_exchange(&self, spec: ExchangeSpec, passive: bool) -> AmqpResult<Arc<Exchange>> {
+        if passive {
+            return self.exchange(&spec.name);
+        }
+        if spec.name.is_empty() || spec.name.starts_with("amq.") {
+            // Redeclaring a predeclared exchange equivalently is allowed, as in RabbitMQ.
+            if let Some(existing) = self.exchanges.get(&spec.name) {
+                if existing.spec.kind == spec.kind && existing.spec.durable == spec.durable {
+                    return Ok(existing.clone());
+                }
+            }
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                spec.name
+            )));
+        }
+        if let Some(alt) = args::get(&spec.arguments, "alternate-exchange") {
+            if args::str_value(alt).is_none() {
+                return Err(AmqpError::precondition(
+                    "invalid arg 'alternate-exchange' for exchange: expected a string",
+                ));
+            }
+        }
+        match self.exchanges.entry(spec.name.clone()) {
+            dashmap::mapref::entry::Entry::Occupied(e) => {
+                let old = &e.get().spec;
+                let field = if old.kind != spec.kind {
+                    Some("type")
+                } else if old.durable != spec.durable {
+                    Some("durable")
+                } else if old.auto_delete != spec.auto_delete {
+                    Some("auto_delete")
+                } else if old.internal != spec.internal {
+                    Some("internal")
+                } else {
+                    args::first_difference(
+                        &old.arguments,
+                        &spec.arguments,
+                        EXCHANGE_EQUIVALENCE_KEYS,
+                    )
+                };
+                if let Some(field) = field {
+                    return Err(AmqpError::precondition(format!(
+                        "inequivalent arg '{field}' for exchange '{}' in vhost '{}': received \
+                         '{}' but current is '{}'",
+                        spec.name,
+                        self.name,
+                        describe_exchange_field(&spec, field),
+                        describe_exchange_field(old, field)
+                    )));
+                }
+                Ok(e.get().clone())
+            }
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                let ex = Exchange::new(spec);
+                if ex.spec.durable {
+                    if let Some(store) = &self.store {
+                        store.save_exchange(&self.name, &ex.spec);
+                    }
+                }
+                v.insert(ex.clone());
+                Ok(ex)
+            }
+        }
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> AmqpResult<()> {
+        if name.is_empty() || name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "operation not permitted on exchange '{name}'"
+            )));
+        }
+        let Some(ex) = self.exchanges.get(name).map(|e| e.clone()) else {
+            return Ok(());
+        };
+        if if_unused && ex.has_bindings() {
+            return Err(AmqpError::precondition(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        self.remove_exchange(&ex);
+        Ok(())
+    }
+
+    fn remove_exchange(&self, ex: &Arc<Exchange>) {
+        ex.mark_deleted();
+        self.exchanges.remove(ex.name());
+        // Bindings from other exchanges to this one go with it.
+        let me = Destination::Exchange(ex.name().to_string());
+        let sources: Vec<Arc<Exchange>> = self.exchanges.iter().map(|e| e.clone()).collect();
+        for src in sources {
+            for b in src.bindings().into_iter().filter(|b| b.destination == me) {
+                src.unbind(&b);
+            }
+        }
+        for b in ex.bindings() {
+            if let Destination::Queue(q) = &b.destination {
+                q.remove_binding(&InboundBinding {
+                    exchange: ex.name().to_string(),
+                    routing_key: b.routing_key.clone(),
+                    arguments: b.arguments.clone(),
+                });
+            }
+            self.forget_binding(ex, &b);
+        }
+        if ex.spec.durable {
+            if let Some(store) = &self.store {
+                store.remove_exchange(&self.name, ex.name());
+            }
+        }
+    }
+
+    /// Declare (or passively check) a queue. Returns the queue and whether it was created.
+    pub fn declare_queue(&self, d: QueueDeclare, conn_id: u64) -> AmqpResult<(Arc<Queue>, bool)> {
+        if d.passive {
+            return self.queue(&d.name, conn_id).map(|q| (q, false));
+        }
+        if d.name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "queue name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            )));
+        }
+        validate_queue_arguments(&d.arguments)?;
+        let spec = QueueSpec {
+            name: d.name.clone(),
+            durable: d.durable,
+            exclusive_owner: d.exclusive.then_some(conn_id),
+            auto_delete: d.auto_delete,
+            arguments: d.arguments,
+        };
+        match self.queues.entry(d.name.clone()) {
+            dashmap::mapref::entry::Entry::Occupied(e) => {
+                let q = e.get().clone();
+                drop(e);
+                self.check_exclusive(&q, conn_id)?;
+                let old = &q.spec;
+                let field = if old.durable != spec.durable {
+                    Some("durable")
+                } else if old.exclusive_owner.is_some() != spec.exclusive_owner.is_some() {
+                    Some("exclusive")
+                } else if old.auto_delete != spec.auto_delete {
+                    Some("auto_delete")
+                } else {
+                    args::first_difference(&old.arguments, &spec.arguments, QUEUE_EQUIVALENCE_KEYS)
+                };
+                if let Some(field) = field {
+                    return Err(AmqpError::precondition(format!(
+                        "inequivalent arg '{field}' for queue '{}' in vhost '{}': received '{}' \
+                         but current is '{}'",
+                        spec.name,
+                        self.name,
+                        describe_queue_field(&spec, field),
+                        describe_queue_field(old, field)
+                    )));
+                }
+                Ok((q, false))
+            }
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                let q = Queue::new(spec, self.name.clone());
+                v.insert(q.clone());
+                if q.spec.durable && q.spec.exclusive_owner.is_none() {
+                    if let Some(store) = &self.store {
+                        store.save_queue(&self.name, &q.spec);
+                    }
+                }
+                // Every queue is bound to the default exchange by its name; that binding is
+                // implicit (routed by name lookup), so nothing is recorded here.
+                Ok((q, true))
+            }
+        }
+    }
+
+    /// Delete a queue by name; returns its ready message count. Missing queue: Ok(0).
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn_id: u64,
+    ) -> AmqpResult<u32> {
+        let Some(q) = self.queues.get(name).map(|q| q.clone()) else {
+            return Ok(0);
+        };
+        self.check_exclusive(&q, conn_id)?;
+        if if_unused && q.has_consumers() {
+            return Err(AmqpError::precondition(format!(
+                "queue '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        if if_empty && q.message_count() > 0 {
+            return Err(AmqpError::precondition(format!(
+                "queue '{name}' in vhost '{}' is not empty",
+                self.name
+            )));
+        }
+        Ok(self.remove_queue(&q))
+    }
+
+    /// Remove a queue from everywhere: registry, bindings, store; cancel its consumers.
+    pub fn remove_queue(&self, q: &Arc<Queue>) -> u32 {
+        if q.is_deleted() {
+            return 0;
+        }
+        self.queues.remove_if(q.name(), |_, v| Arc::ptr_eq(v, q));
+        let (bindings, consumers, count) = q.mark_deleted();
+        for b in bindings {
+            if let Some(ex) = self.exchanges.get(&b.exchange).map(|e| e.clone()) {
+                let binding = Binding {
+                    destination: Destination::Queue(q.clone()),
+                    routing_key: b.routing_key,
+                    arguments: b.arguments,
+                };
+                ex.unbind(&binding);
+                self.forget_binding(&ex, &binding);
+                self.maybe_auto_delete_exchange(&ex);
+            }
+        }
+        for c in consumers {
+            c.channel
+                .conn
+                .notify_consumer_cancelled(c.channel.id, &c.tag);
+        }
+        if q.spec.durable {
+            if let Some(store) = &self.store {
+                store.remove_queue(&self.name, q.name());
+            }
+        }
+        count
+    }
+
+    fn forget_binding(&self, ex: &Exchange, b: &Binding) {
+        if let (Some(store), Destination::Queue(q)) = (&self.store, &b.destination) {
+            if ex.spec.durable && q.spec.durable {
+                store.remove_binding(
+                    &self.name,
+                    ex.name(),
+                    q.name(),
+                    &b.routing_key,
+                    &b.arguments,
+                );
+            }
+        }
+    }
+
+    fn maybe_auto_delete_exchange(&self, ex: &Arc<Exchange>) {
+        if ex.spec.auto_delete && !ex.has_bindings() && !ex.is_deleted() {
+            self.remove_exchange(ex);
+        }
+    }
+
+    pub fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+        conn_id: u64,
+    ) -> AmqpResult<()> {
+        if exchange.is_empty() {
+            return Err(AmqpError::access_refused(format!(
+                "operation not permitted on the default exchange (binding queue '{queue}')"
+            )));
+        }
+        let q = self.queue(queue, conn_id)?;
+        let ex = self.exchange(exchange)?;
+        let binding = Binding {
+            destination: Destination::Queue(q.clone()),
+            routing_key: routing_key.to_string(),
+            arguments: arguments.clone(),
+        };
+        if ex.bind(binding)? {
+            q.add_binding(InboundBinding {
+                exchange: exchange.to_string(),
+                routing_key: routing_key.to_string(),
+                arguments: arguments.clone(),
+            });
+            if ex.spec.durable && q.spec.durable {
+                if let Some(store) = &self.store {
+                    store.save_binding(&self.name, exchange, queue, routing_key, &arguments);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+        conn_id: u64,
+    ) -> AmqpResult<()> {
+        if exchange.is_empty() {
+            return Err(AmqpError::access_refused(format!(
+                "operation not permitted on the default exchange (unbinding queue '{queue}')"
+            )));
+        }
+        let Some(q) = self.queues.get(queue).map(|q| q.clone()) else {
+            return Ok(());
+        };
+        self.check_exclusive(&q, conn_id)?;
+        let Some(ex) = self.exchanges.get(exchange).map(|e| e.clone()) else {
+            return Ok(());
+        };
+        let binding = Binding {
+            destination: Destination::Queue(q.clone()),
+            routing_key: routing_key.to_string(),
+            arguments: arguments.clone(),
+        };
+        if ex.unbind(&binding) {
+            q.remove_binding(&InboundBinding {
+                exchange: exchange.to_string(),
+                routing_key: routing_key.to_string(),
+                arguments,
+            });
+            self.forget_binding(&ex, &binding);
+            self.maybe_auto_delete_exchange(&ex);
+        }
+        Ok(())
+    }
+
+    /// The shared routing step: which queues does `msg`, published to `exchange`, reach?
+    /// Follows exchange-to-exchange bindings (each exchange visited once, so cycles end);
+    /// each queue appears once however many paths reach it.
+    pub fn route(&self, exchange: &Arc<Exchange>, msg: &Message, out: &mut Vec<Arc<Queue>>) {
+        if exchange.name().is_empty() {
+            if let Some(q) = self.queues.get(&msg.routing_key) {
+                out.push(q.clone());
+            }
+            return;
+        }
+        let headers = msg.properties.headers().as_ref();
+        let mut dests = Vec::new();
+        exchange.route(&msg.routing_key, headers, &mut dests);
+        let mut visited: Vec<String> = Vec::new();
+        while let Some(d) = dests.pop() {
+            match d {
+                Destination::Queue(q) => {
+                    if !out.iter().any(|x| Arc::ptr_eq(x, &q)) {
+                        out.push(q);
+                    }
+                }
+                Destination::Exchange(name) => {
+                    if name == exchange.name() || visited.contains(&name) {
+                        continue;
+                    }
+                    if let Some(next) = self.exchanges.get(&name).map(|e| e.clone()) {
+                        next.route(&msg.routing_key, headers, &mut dests);
+                    }
+                    visited.push(name);
+                }
+            }
+        }
+    }
+
+    /// exchange.bind: messages reaching `source` also go through `destination`.
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> AmqpResult<()> {
+        if destination.is_empty() || source.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        let src = self.exchange(source)?;
+        self.exchange(destination)?;
+        src.bind(Binding {
+            destination: Destination::Exchange(destination.to_string()),
+            routing_key: routing_key.to_string(),
+            arguments,
+        })?;
+        Ok(())
+    }
+
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> AmqpResult<()> {
+        if destination.is_empty() || source.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        if let Some(src) = self.exchanges.get(source).map(|e| e.clone()) {
+            if src.unbind(&Binding {
+                destination: Destination::Exchange(destination.to_string()),
+                routing_key: routing_key.to_string(),
+                arguments,
+            }) {
+                self.maybe_auto_delete_exchange(&src);
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove every exclusive queue a closing connection owns.
+    pub fn drop_exclusive_queues(&self, conn_id: u64) {
+        let owned: Vec<Arc<Queue>> = self
+            .queues
+            .iter()
+            .filter(|q| q.spec.exclusive_owner == Some(conn_id))
+            .map(|q| q.clone())
+            .collect();
+        for q in owned {
+            self.remove_queue(&q);
+        }
+    }
+}
+
+fn describe_exchange_field(spec: &ExchangeSpec, field: &str) -> String {
+    match field {
+        "type" => spec.kind.as_str().to_string(),
+        "durable" => spec.durable.to_string(),
+        "auto_delete" => spec.auto_delete.to_string(),
+        "internal" => spec.internal.to_string(),
+        key => describe_arg(args::get(&spec.arguments, key)),
+    }
+}
+
+fn describe_queue_field(spec: &QueueSpec, field: &str) -> String {
+    match field {
+        "durable" => spec.durable.to_string(),
+        "exclusive" => spec.exclusive_owner.is_some().to_string(),
+        "auto_delete" => spec.auto_delete.to_string(),
+        key => describe_arg(args::get(&spec.arguments, key)),
+    }
+}
+
+fn describe_arg(v: Option<&AMQPValue>) -> String {
+    match v {
+        None => "none".to_string(),
+        Some(v) => args::int_value(v)
+            .map(|i| i.to_string())
+            .or_else(|| args::str_value(v))
+            .unwrap_or_else(|| format!("{v:?}")),
+    }
+}
+
+/// Type and range checks of the queue arguments this broker understands (406 on bad values).
+fn validate_queue_arguments(a: &FieldTable) -> AmqpResult<()> {
+    let bad = |k: &str, why: &str| AmqpError::precondition(format!("invalid arg '{k}': {why}"));
+    for (k, v) in a.inner() {
+        let k = k.as_str();
+        match k {
+            "x-message-ttl" | "x-max-length" | "x-max-length-bytes" | "x-delivery-limit"
+            | "x-consumer-timeout" => match args::int_value(v) {
+                Some(n) if n >= 0 => {}
+                Some(_) => return Err(bad(k, "must be non-negative")),
+                None => return Err(bad(k, "must be an integer")),
+            },
+            "x-expires" => match args::int_value(v) {
+                Some(n) if n > 0 => {}
+                Some(_) => return Err(bad(k, "must be positive")),
+                None => return Err(bad(k, "must be an integer")),
+            },
+            "x-max-priority" => match args::int_value(v) {
+                Some(n) if (0..=255).contains(&n) => {}
+                Some(_) => return Err(bad(k, "must be between 0 and 255")),
+                None => return Err(bad(k, "must be an integer")),
+            },
+            "x-dead-letter-exchange" | "x-dead-letter-routing-key" => {
+                if args::str_value(v).is_none() {
+                    return Err(bad(k, "must be a string"));
+                }
+            }
+            "x-overflow" => match args::str_value(v).as_deref() {
+                Some("drop-head" | "reject-publish" | "reject-publish-dlx") => {}
+                _ => {
+                    return Err(bad(
+                        k,
+                        "must be drop-head, reject-publish or reject-publish-dlx",
+                    ))
+                }
+            },
+            "x-queue-type" => {
+                match args::str_value(v).as_deref() {
+                    Some("classic") => {}
+                    Some(other) => return Err(bad(
+                        k,
+                        &format!(
+                            "queue type '{other}' is not supported; only 'classic' queues exist"
+                        ),
+                    )),
+                    None => return Err(bad(k, "must be a string")),
+                }
+            }
+            "x-single-active-consumer" => {
+                if !matches!(v, AMQPValue::Boolean(_)) {
+                    return Err(bad(k, "must be a boolean"));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

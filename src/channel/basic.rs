@@ -1,0 +1,266 @@
+//! basic.* methods: publish (with content assembly in mod.rs), consume/cancel, qos, get,
+//! ack/nack/reject, recover.
+
+use super::{
+    requeue_grouped, Channel, ChannelCtx, Content, Mode, PendingPublish, TxAck, TxPublish,
+};
+use crate::broker::args;
+use crate::broker::delivery::{Consumer, Unacked};
+use crate::broker::message::Message;
+use crate::error::{AmqpError, AmqpResult, ReplyCode};
+use crate::protocol::{encode, short, AMQPClass, BasicProperties};
+use amq_protocol::protocol::basic::{self as b, AMQPMethod};
+use bytes::Bytes;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+impl Channel {
+    pub(super) fn basic_method(&mut self, ctx: &ChannelCtx<'_>, m: AMQPMethod) -> AmqpResult<()> {
+        match m {
+            AMQPMethod::Publish(p) => {
+                if p.immediate {
+                    return Err(AmqpError::not_implemented("immediate=true"));
+                }
+                self.content = Content::AwaitingHeader(PendingPublish {
+                    exchange: p.exchange.as_str().to_string(),
+                    routing_key: p.routing_key.as_str().to_string(),
+                    mandatory: p.mandatory,
+                });
+                Ok(())
+            }
+            AMQPMethod::Consume(c) => self.consume(ctx, c),
+            AMQPMethod::Cancel(c) => {
+                let tag = c.consumer_tag.as_str();
+                if let Some((consumer, queue)) = self.consumers.remove(tag) {
+                    if queue.remove_consumer(&consumer) {
+                        ctx.vhost.remove_queue(&queue);
+                    }
+                }
+                if !c.nowait {
+                    self.send(
+                        ctx,
+                        AMQPClass::Basic(AMQPMethod::CancelOk(b::CancelOk {
+                            consumer_tag: c.consumer_tag,
+                        })),
+                    );
+                }
+                Ok(())
+            }
+            AMQPMethod::Qos(q) => {
+                if q.global {
+                    self.shared
+                        .global_prefetch
+                        .store(q.prefetch_count as u32, Ordering::Relaxed);
+                } else {
+                    self.consumer_prefetch = q.prefetch_count as u32;
+                }
+                self.send(ctx, AMQPClass::Basic(AMQPMethod::QosOk(b::QosOk {})));
+                // A raised limit may let waiting messages through.
+                self.dispatch_consumed_queues();
+                Ok(())
+            }
+            AMQPMethod::Get(g) => {
+                let name = self.queue_name(g.queue.as_str())?;
+                let queue = ctx.vhost.queue(&name, ctx.conn.id)?;
+                if !queue.get(&self.shared, g.no_ack) {
+                    self.send(ctx, AMQPClass::Basic(AMQPMethod::GetEmpty(b::GetEmpty {})));
+                }
+                Ok(())
+            }
+            AMQPMethod::Ack(a) => {
+                let taken = self.shared.take(a.delivery_tag, a.multiple)?;
+                self.settle(taken, None);
+                Ok(())
+            }
+            AMQPMethod::Nack(n) => {
+                let taken = self.shared.take(n.delivery_tag, n.multiple)?;
+                self.settle(taken, Some(n.requeue));
+                Ok(())
+            }
+            AMQPMethod::Reject(r) => {
+                let taken = self.shared.take(r.delivery_tag, false)?;
+                self.settle(taken, Some(r.requeue));
+                Ok(())
+            }
+            AMQPMethod::Recover(r) => {
+                self.recover();
+                let _ = r.requeue;
+                self.send(
+                    ctx,
+                    AMQPClass::Basic(AMQPMethod::RecoverOk(b::RecoverOk {})),
+                );
+                Ok(())
+            }
+            AMQPMethod::RecoverAsync(_) => {
+                self.recover();
+                Ok(())
+            }
+            _ => Err(AmqpError::command_invalid(
+                "basic method not sent by clients",
+            )),
+        }
+    }
+
+    /// basic.recover: everything unacked goes back to its queue, redelivered.
+    fn recover(&mut self) {
+        requeue_grouped(self.shared.take_all());
+        self.dispatch_consumed_queues();
+    }
+
+    /// Apply an ack (reject = None) or nack/reject, or hold it in a transaction.
+    fn settle(&mut self, taken: Vec<Unacked>, reject: Option<bool>) {
+        if let Mode::Tx { acks, .. } = &mut self.mode {
+            acks.push(TxAck { taken, reject });
+            return;
+        }
+        apply_settle(taken, reject);
+        self.dispatch_consumed_queues();
+    }
+
+    fn consume(&mut self, ctx: &ChannelCtx<'_>, c: b::Consume) -> AmqpResult<()> {
+        let name = self.queue_name(c.queue.as_str())?;
+        let queue = ctx.vhost.queue(&name, ctx.conn.id)?;
+        let tag = if c.consumer_tag.as_str().is_empty() {
+            super::queue::generated_name("amq.ctag-")
+        } else {
+            c.consumer_tag.as_str().to_string()
+        };
+        if let Some((existing, _)) = self.consumers.get(&tag) {
+            if existing.active.load(Ordering::Acquire) {
+                return Err(AmqpError::not_allowed(format!(
+                    "attempt to reuse consumer tag '{tag}'"
+                )));
+            }
+        }
+        if self.consumers.len() >= ctx.broker.config.max_consumers_per_channel {
+            return Err(AmqpError::new(
+                ReplyCode::ResourceError,
+                format!(
+                    "too many consumers on channel {} (max {})",
+                    self.id(),
+                    ctx.broker.config.max_consumers_per_channel
+                ),
+            ));
+        }
+        let priority = match args::get(&c.arguments, "x-priority") {
+            None => 0,
+            Some(v) => args::int_value(v)
+                .and_then(|p| i32::try_from(p).ok())
+                .ok_or_else(|| {
+                    AmqpError::precondition("invalid arg 'x-priority': must be an integer")
+                })?,
+        };
+        let consumer = Arc::new(Consumer {
+            tag: tag.clone(),
+            channel: self.shared.clone(),
+            no_ack: c.no_ack,
+            exclusive: c.exclusive,
+            priority,
+            prefetch: self.consumer_prefetch,
+            unacked: AtomicU32::new(0),
+            active: AtomicBool::new(true),
+            arguments: c.arguments,
+        });
+        let (id, nowait) = (self.id(), c.nowait);
+        let conn = ctx.conn.clone();
+        let reply_tag = tag.clone();
+        queue.add_consumer(consumer.clone(), move || {
+            if !nowait {
+                conn.send(
+                    id,
+                    AMQPClass::Basic(AMQPMethod::ConsumeOk(b::ConsumeOk {
+                        consumer_tag: short(&reply_tag),
+                    })),
+                );
+            }
+        })?;
+        self.consumers.insert(tag, (consumer, queue));
+        Ok(())
+    }
+
+    /// A complete message arrived: route it, deliver it, and account for confirms.
+    pub(super) fn publish(
+        &mut self,
+        ctx: &ChannelCtx<'_>,
+        publish: PendingPublish,
+        properties: BasicProperties,
+        raw_properties: Bytes,
+        body: Bytes,
+    ) -> AmqpResult<()> {
+        let exchange = ctx.vhost.exchange(&publish.exchange)?;
+        if exchange.spec.internal {
+            return Err(AmqpError::access_refused(format!(
+                "cannot publish to internal exchange '{}' in vhost '{}'",
+                publish.exchange, ctx.vhost.name
+            ))
+            .at(60, 40));
+        }
+        if let Some(uid) = properties.user_id() {
+            if uid.as_str() != ctx.user {
+                return Err(AmqpError::precondition(format!(
+                    "user_id property set to '{}' but authenticated user was '{}'",
+                    uid.as_str(),
+                    ctx.user
+                ))
+                .at(60, 40));
+            }
+        }
+        let msg = Message::from_wire(
+            publish.exchange.clone(),
+            publish.routing_key.clone(),
+            properties,
+            raw_properties,
+            body,
+        );
+        if let Mode::Tx { publishes, .. } = &mut self.mode {
+            publishes.push(TxPublish { publish, msg });
+            return Ok(());
+        }
+        self.route_and_deliver(ctx, &publish, msg);
+        if let Mode::Confirm(c) = &mut self.mode {
+            c.last_seq += 1;
+        }
+        Ok(())
+    }
+
+    /// Route a message to its queues; return it to the publisher if mandatory and unroutable.
+    pub(super) fn route_and_deliver(
+        &self,
+        ctx: &ChannelCtx<'_>,
+        publish: &PendingPublish,
+        msg: Arc<Message>,
+    ) {
+        let Ok(exchange) = ctx.vhost.exchange(&publish.exchange) else {
+            return;
+        };
+        let mut queues = Vec::new();
+        ctx.vhost.route(&exchange, &msg, &mut queues);
+        let mut delivered = false;
+        for q in &queues {
+            delivered |= q.publish(msg.clone());
+        }
+        if !delivered && publish.mandatory {
+            let (id, frame_max) = (self.id(), ctx.conn.frame_max());
+            ctx.conn.out.write(|buf| {
+                encode::basic_return(
+                    buf,
+                    id,
+                    frame_max,
+                    ReplyCode::NoRoute as u16,
+                    "NO_ROUTE",
+                    &msg.content(),
+                )
+            });
+        }
+    }
+}
+
+/// Ack (reject = None), or nack/reject with requeue or drop.
+pub(super) fn apply_settle(taken: Vec<Unacked>, reject: Option<bool>) {
+    match reject {
+        Some(true) => requeue_grouped(taken),
+        // Acked, or rejected without requeue: the message is done here (dead-lettering
+        // hooks in at this point).
+        _ => drop(taken),
+    }
+}

@@ -1,0 +1,101 @@
+//! confirm.select and tx.select/commit/rollback. A channel is in at most one of the two
+//! modes.
+
+use super::basic::apply_settle;
+use super::{Channel, ChannelCtx, Confirms, Mode};
+use crate::error::{AmqpError, AmqpResult};
+use crate::protocol::AMQPClass;
+use amq_protocol::protocol::{confirm, tx};
+
+impl Channel {
+    pub(super) fn confirm_method(
+        &mut self,
+        ctx: &ChannelCtx<'_>,
+        m: confirm::AMQPMethod,
+    ) -> AmqpResult<()> {
+        let confirm::AMQPMethod::Select(s) = m else {
+            return Err(AmqpError::command_invalid(
+                "confirm method not sent by clients",
+            ));
+        };
+        match self.mode {
+            Mode::Tx { .. } => {
+                return Err(AmqpError::precondition(
+                    "cannot switch from tx to confirm mode",
+                ))
+            }
+            Mode::Normal => self.mode = Mode::Confirm(Confirms::default()),
+            Mode::Confirm(_) => {}
+        }
+        if !s.nowait {
+            self.send(
+                ctx,
+                AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) fn tx_method(&mut self, ctx: &ChannelCtx<'_>, m: tx::AMQPMethod) -> AmqpResult<()> {
+        match m {
+            tx::AMQPMethod::Select(_) => {
+                match self.mode {
+                    Mode::Confirm(_) => {
+                        return Err(AmqpError::precondition(
+                            "cannot switch from confirm to tx mode",
+                        ))
+                    }
+                    Mode::Normal => {
+                        self.mode = Mode::Tx {
+                            publishes: Vec::new(),
+                            acks: Vec::new(),
+                        }
+                    }
+                    Mode::Tx { .. } => {}
+                }
+                self.send(
+                    ctx,
+                    AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})),
+                );
+                Ok(())
+            }
+            tx::AMQPMethod::Commit(_) => {
+                let Mode::Tx { publishes, acks } = &mut self.mode else {
+                    return Err(AmqpError::precondition("channel is not transactional"));
+                };
+                let publishes = std::mem::take(publishes);
+                let acks = std::mem::take(acks);
+                for p in publishes {
+                    self.route_and_deliver(ctx, &p.publish, p.msg);
+                }
+                for a in acks {
+                    apply_settle(a.taken, a.reject);
+                }
+                self.dispatch_consumed_queues();
+                self.send(
+                    ctx,
+                    AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+                );
+                Ok(())
+            }
+            tx::AMQPMethod::Rollback(_) => {
+                let Mode::Tx { publishes, acks } = &mut self.mode else {
+                    return Err(AmqpError::precondition("channel is not transactional"));
+                };
+                publishes.clear();
+                // Rolled-back acks leave their messages unacked under their tags.
+                let held: Vec<_> = std::mem::take(acks)
+                    .into_iter()
+                    .flat_map(|a| a.taken)
+                    .collect();
+                self.shared.restore(held);
+                self.send(
+                    ctx,
+                    AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
+                );
+                Ok(())
+            }
+            _ => Err(AmqpError::command_invalid("tx method not sent by clients")),
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! A channel: its state machine (open → closing), content assembly for publishes, confirm
+//! and transaction modes, and dispatch of methods to one handler file per AMQP class.
+
+mod basic;
+mod confirm_tx;
+mod exchange;
+mod queue;
+
+use crate::broker::delivery::{ChannelShared, Consumer, Unacked};
+use crate::broker::message::QueuedMessage;
+use crate::broker::queue::Queue;
+use crate::broker::vhost::VHost;
+use crate::broker::Broker;
+use crate::connection::ConnShared;
+use crate::error::{AmqpError, AmqpResult};
+use crate::protocol::{encode, short, AMQPClass, BasicProperties};
+use amq_protocol::protocol::{access, channel as chan};
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// What a channel handler can reach.
+pub struct ChannelCtx<'a> {
+    pub broker: &'a Arc<Broker>,
+    pub vhost: &'a Arc<VHost>,
+    pub conn: &'a Arc<ConnShared>,
+    /// The authenticated user (checked against the `user_id` property).
+    pub user: &'a str,
+}
+
+/// A basic.publish waiting for its content.
+struct PendingPublish {
+    exchange: String,
+    routing_key: String,
+    mandatory: bool,
+}
+
+/// Content assembly: method → header → body frames.
+enum Content {
+    Idle,
+    AwaitingHeader(PendingPublish),
+    AwaitingBody {
+        publish: PendingPublish,
+        properties: BasicProperties,
+        raw_properties: Bytes,
+        expected: u64,
+        body: BytesMut,
+    },
+}
+
+/// Publisher confirm bookkeeping: acks are batched and sent as one `multiple` ack per read
+/// batch.
+#[derive(Default)]
+struct Confirms {
+    /// Sequence number of the last publish.
+    last_seq: u64,
+    /// Highest sequence number already acked or nacked to the client.
+    reported: u64,
+}
+
+/// A message published inside a transaction, routed at commit.
+struct TxPublish {
+    publish: PendingPublish,
+    msg: Arc<crate::broker::message::Message>,
+}
+
+enum Mode {
+    Normal,
+    Confirm(Confirms),
+    Tx {
+        publishes: Vec<TxPublish>,
+        acks: Vec<TxAck>,
+    },
+}
+
+/// An ack, nack or reject held until tx.commit.
+struct TxAck {
+    taken: Vec<Unacked>,
+    /// None for ack; Some(requeue) for nack/reject.
+    reject: Option<bool>,
+}
+
+pub struct Channel {
+    pub shared: Arc<ChannelShared>,
+    /// We sent channel.close and wait for close-ok; everything else is ignored.
+    closing: bool,
+    content: Content,
+    /// The last queue declared on this channel, for the empty-name shortcut.
+    last_queue: Option<String>,
+    consumers: HashMap<String, (Arc<Consumer>, Arc<Queue>)>,
+    /// basic.qos global=false: the prefetch given to consumers created from now on.
+    consumer_prefetch: u32,
+    mode: Mode,
+}
+
+impl Channel {
+    pub fn new(id: u16, conn: Arc<ConnShared>) -> Self {
+        Channel {
+            shared: ChannelShared::new(id, conn),
+            closing: false,
+            content: Content::Idle,
+            last_queue: None,
+            consumers: HashMap::new(),
+            consumer_prefetch: 0,
+            mode: Mode::Normal,
+        }
+    }
+
+    pub fn id(&self) -> u16 {
+        self.shared.id
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    fn send(&self, ctx: &ChannelCtx<'_>, method: AMQPClass) {
+        ctx.conn.send(self.id(), method);
+    }
+
+    /// Queue name from a method, applying the "last declared queue" rule for "".
+    fn queue_name(&self, name: &str) -> AmqpResult<String> {
+        if !name.is_empty() {
+            return Ok(name.to_string());
+        }
+        self.last_queue
+            .clone()
+            .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+    }
+
+    pub fn handle_method(
+        &mut self,
+        ctx: &ChannelCtx<'_>,
+        class_id: u16,
+        method_id: u16,
+        method: AMQPClass,
+    ) -> AmqpResult<()> {
+        if !matches!(self.content, Content::Idle) {
+            return Err(AmqpError::unexpected_frame(format!(
+                "expected content header or body on channel {}, got method {class_id}.{method_id}",
+                self.id()
+            )));
+        }
+        match method {
+            AMQPClass::Exchange(m) => self.exchange_method(ctx, m),
+            AMQPClass::Queue(m) => self.queue_method(ctx, m),
+            AMQPClass::Basic(m) => self.basic_method(ctx, m),
+            AMQPClass::Confirm(m) => self.confirm_method(ctx, m),
+            AMQPClass::Tx(m) => self.tx_method(ctx, m),
+            AMQPClass::Channel(chan::AMQPMethod::Flow(f)) => {
+                self.shared.flow_active.store(f.active, Ordering::Relaxed);
+                self.send(
+                    ctx,
+                    AMQPClass::Channel(chan::AMQPMethod::FlowOk(chan::FlowOk { active: f.active })),
+                );
+                if f.active {
+                    self.dispatch_consumed_queues();
+                }
+                Ok(())
+            }
+            AMQPClass::Channel(chan::AMQPMethod::FlowOk(_)) => Ok(()),
+            AMQPClass::Access(access::AMQPMethod::Request(_)) => {
+                self.send(
+                    ctx,
+                    AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})),
+                );
+                Ok(())
+            }
+            _ => Err(AmqpError::command_invalid(format!(
+                "method {class_id}.{method_id} not allowed here"
+            ))),
+        }
+    }
+
+    pub fn on_header(
+        &mut self,
+        ctx: &ChannelCtx<'_>,
+        class_id: u16,
+        body_size: u64,
+        properties: BasicProperties,
+        raw_properties: Bytes,
+        max_size: u64,
+    ) -> AmqpResult<()> {
+        let Content::AwaitingHeader(publish) = std::mem::replace(&mut self.content, Content::Idle)
+        else {
+            return Err(AmqpError::unexpected_frame(format!(
+                "content header on channel {} without a basic.publish",
+                self.id()
+            )));
+        };
+        if class_id != 60 {
+            return Err(AmqpError::unexpected_frame(format!(
+                "content header of class {class_id}, expected 60"
+            ))
+            .at(60, 40));
+        }
+        if body_size > max_size {
+            return Err(AmqpError::precondition(format!(
+                "message size {body_size} is larger than configured max size {max_size}"
+            ))
+            .at(60, 40));
+        }
+        if body_size == 0 {
+            return self.publish(ctx, publish, properties, raw_properties, Bytes::new());
+        }
+        self.content = Content::AwaitingBody {
+            publish,
+            properties,
+            raw_properties,
+            expected: body_size,
+            body: BytesMut::new(),
+        };
+        Ok(())
+    }
+
+    pub fn on_body(&mut self, ctx: &ChannelCtx<'_>, payload: Bytes) -> AmqpResult<()> {
+        let Content::AwaitingBody { expected, body, .. } = &mut self.content else {
+            return Err(AmqpError::unexpected_frame(format!(
+                "content body on channel {} without a content header",
+                self.id()
+            )));
+        };
+        let have = body.len() as u64 + payload.len() as u64;
+        if have > *expected {
+            return Err(AmqpError::unexpected_frame(format!(
+                "content body of {have} bytes exceeds the header's {expected}"
+            ))
+            .at(60, 40));
+        }
+        let complete = have == *expected;
+        // A body that arrives in one frame is used as-is, without copying.
+        let single = complete && body.is_empty();
+        if !single {
+            if body.is_empty() {
+                body.reserve(*expected as usize);
+            }
+            body.extend_from_slice(&payload);
+        }
+        if !complete {
+            return Ok(());
+        }
+        let Content::AwaitingBody {
+            publish,
+            properties,
+            raw_properties,
+            body,
+            ..
+        } = std::mem::replace(&mut self.content, Content::Idle)
+        else {
+            return Err(AmqpError::internal("content state changed"));
+        };
+        let body = if single { payload } else { body.freeze() };
+        self.publish(ctx, publish, properties, raw_properties, body)
+    }
+
+    /// Send the batched publisher-confirm ack, if any publishes are unreported.
+    pub fn flush_confirms(&mut self) {
+        if let Mode::Confirm(c) = &mut self.mode {
+            if c.last_seq > c.reported {
+                let multiple = c.last_seq > c.reported + 1;
+                let (id, tag) = (self.shared.id, c.last_seq);
+                c.reported = c.last_seq;
+                self.shared
+                    .conn
+                    .out
+                    .write(|buf| encode::confirm_ack(buf, id, tag, multiple));
+            }
+        }
+    }
+
+    /// Dispatch every queue this channel consumes from (credit was freed or flow resumed).
+    fn dispatch_consumed_queues(&self) {
+        let mut seen: Vec<&Arc<Queue>> = Vec::new();
+        for (_, q) in self.consumers.values() {
+            if !seen.iter().any(|x| Arc::ptr_eq(x, q)) {
+                seen.push(q);
+                q.dispatch();
+            }
+        }
+    }
+
+    /// A soft error: send channel.close and ignore everything until close-ok.
+    pub fn close_on_error(&mut self, conn: &ConnShared, vhost: &VHost, e: &AmqpError) {
+        self.closing = true;
+        self.content = Content::Idle;
+        conn.send(
+            self.id(),
+            AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
+                reply_code: e.code as u16,
+                reply_text: short(&e.reply_text()),
+                class_id: e.class_id,
+                method_id: e.method_id,
+            })),
+        );
+        self.release(vhost);
+    }
+
+    /// The channel is gone (closed by either side or with its connection): cancel its
+    /// consumers, requeue what it had unacked, and auto-delete queues that lost their last
+    /// consumer.
+    pub fn release(&mut self, vhost: &VHost) {
+        let auto_deletes = self.release_delivery_state();
+        for q in auto_deletes {
+            vhost.remove_queue(&q);
+        }
+    }
+
+    fn release_delivery_state(&mut self) -> Vec<Arc<Queue>> {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.flow_active.store(false, Ordering::Relaxed);
+        let mut auto_delete = Vec::new();
+        for (_, (consumer, q)) in self.consumers.drain() {
+            if q.remove_consumer(&consumer) {
+                auto_delete.push(q);
+            }
+        }
+        if let Mode::Tx { acks, .. } = &mut self.mode {
+            // Acks held by an uncommitted transaction are still unacked.
+            let held: Vec<Unacked> = acks.drain(..).flat_map(|a| a.taken).collect();
+            requeue_grouped(held);
+        }
+        requeue_grouped(self.shared.take_all());
+        auto_delete
+    }
+}
+
+/// Requeue unacked messages, one lock per queue, each at its original position.
+pub(crate) fn requeue_grouped(unacked: Vec<Unacked>) {
+    let mut groups: Vec<(Arc<Queue>, Vec<QueuedMessage>)> = Vec::new();
+    for u in unacked {
+        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+            Some((_, msgs)) => msgs.push(u.msg),
+            None => groups.push((u.queue, vec![u.msg])),
+        }
+    }
+    for (q, msgs) in groups {
+        q.requeue(msgs);
+    }
+}

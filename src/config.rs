@@ -1,0 +1,178 @@
+//! Configuration: defaults, then an optional TOML file, then `WARRENMQ_*` environment
+//! variables and command-line flags (flags and env override the file). Every limit lives here.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// AMQP listener.
+    pub amqp_addr: SocketAddr,
+    /// Management HTTP API listener.
+    pub http_addr: SocketAddr,
+    /// Prometheus metrics listener.
+    pub metrics_addr: SocketAddr,
+    /// Where sled keeps durable state.
+    pub data_dir: PathBuf,
+    /// tracing filter, e.g. `info` or `warrenmq=debug`.
+    pub log_level: String,
+    /// The user created on an empty data dir.
+    pub default_user: String,
+    pub default_pass: String,
+    /// Heartbeat interval offered in connection.tune, seconds (0 = off).
+    pub heartbeat: u16,
+    /// frame_max offered in connection.tune, bytes.
+    pub frame_max: u32,
+    /// channel_max offered in connection.tune.
+    pub channel_max: u16,
+    /// A client must finish the handshake within this many seconds.
+    pub handshake_timeout: u64,
+    /// Largest message body accepted, bytes.
+    pub max_message_size: u64,
+    /// Deepest nesting of field tables and arrays accepted in a frame.
+    pub max_table_depth: usize,
+    /// Further connections are refused beyond this many.
+    pub max_connections: usize,
+    /// Consumers one channel may hold.
+    pub max_consumers_per_channel: usize,
+    /// sled page cache, bytes.
+    pub store_cache_bytes: u64,
+    /// Outbound bytes buffered per connection before its consumers are paused.
+    pub outbound_high_watermark: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            amqp_addr: "127.0.0.1:5672".parse().expect("static address"),
+            http_addr: "127.0.0.1:15672".parse().expect("static address"),
+            metrics_addr: "127.0.0.1:15692".parse().expect("static address"),
+            data_dir: PathBuf::from("./data"),
+            log_level: "info".to_string(),
+            default_user: "guest".to_string(),
+            default_pass: "guest".to_string(),
+            heartbeat: 60,
+            frame_max: 131_072,
+            channel_max: 2047,
+            handshake_timeout: 10,
+            max_message_size: 128 * 1024 * 1024,
+            max_table_depth: 32,
+            max_connections: 65_536,
+            max_consumers_per_channel: 65_536,
+            store_cache_bytes: 256 * 1024 * 1024,
+            outbound_high_watermark: 1024 * 1024,
+        }
+    }
+}
+
+/// Flags of `warrenmq serve`; each also reads a `WARRENMQ_*` variable.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML config file (see etc/warrenmq.toml).
+    #[arg(long, env = "WARRENMQ_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for durable state.
+    #[arg(long, env = "WARRENMQ_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// AMQP listen address.
+    #[arg(long, env = "WARRENMQ_AMQP_ADDR")]
+    pub amqp_addr: Option<SocketAddr>,
+    /// Management HTTP listen address.
+    #[arg(long, env = "WARRENMQ_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Prometheus metrics listen address.
+    #[arg(long, env = "WARRENMQ_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive).
+    #[arg(long, env = "WARRENMQ_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Defaults ← file ← env/flags.
+    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let mut cfg = match &args.config {
+            Some(p) => Self::from_file(p)?,
+            None => Config::default(),
+        };
+        if let Some(v) = &args.data_dir {
+            cfg.data_dir = v.clone();
+        }
+        if let Some(v) = args.amqp_addr {
+            cfg.amqp_addr = v;
+        }
+        if let Some(v) = args.http_addr {
+            cfg.http_addr = v;
+        }
+        if let Some(v) = args.metrics_addr {
+            cfg.metrics_addr = v;
+        }
+        if let Some(v) = &args.log_level {
+            cfg.log_level = v.clone();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.frame_max != 0 && self.frame_max < crate::protocol::FRAME_MIN_SIZE {
+            return Err(ConfigError::Invalid(format!(
+                "frame_max must be 0 or at least {}",
+                crate::protocol::FRAME_MIN_SIZE
+            )));
+        }
+        if self.max_table_depth == 0 {
+            return Err(ConfigError::Invalid(
+                "max_table_depth must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/warrenmq.toml");
+        let cfg = Config::from_file(&path).expect("etc/warrenmq.toml parses");
+        cfg.validate().expect("etc/warrenmq.toml is valid");
+        assert_eq!(cfg.amqp_addr, Config::default().amqp_addr);
+    }
+}

@@ -1,0 +1,270 @@
+//! Opening a connection: protocol header → start/start-ok (authentication) → tune/tune-ok →
+//! open/open-ok, all within the handshake timeout.
+
+use super::Connection;
+use crate::auth::AuthError;
+use crate::error::{AmqpError, ReplyCode};
+use crate::protocol::codec::{read_frame, InFrame};
+use crate::protocol::{AMQPClass, AMQPValue, FieldTable, LongString, PROTOCOL_HEADER};
+use amq_protocol::protocol::connection as conn;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// The capabilities advertised in connection.start, as RabbitMQ does.
+const SERVER_CAPABILITIES: &[&str] = &[
+    "publisher_confirms",
+    "exchange_exchange_bindings",
+    "basic.nack",
+    "consumer_cancel_notify",
+    "connection.blocked",
+    "consumer_priorities",
+    "authentication_failure_close",
+    "per_consumer_qos",
+    "direct_reply_to",
+];
+
+fn longstr(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+pub fn server_properties() -> FieldTable {
+    let mut caps = FieldTable::default();
+    for c in SERVER_CAPABILITIES {
+        caps.insert((*c).into(), AMQPValue::Boolean(true));
+    }
+    let mut t = FieldTable::default();
+    t.insert("product".into(), longstr("WarrenMQ"));
+    t.insert("version".into(), longstr(env!("CARGO_PKG_VERSION")));
+    t.insert("platform".into(), longstr("Rust"));
+    t.insert("cluster_name".into(), longstr("warrenmq"));
+    t.insert("copyright".into(), longstr("WarrenMQ contributors"));
+    t.insert(
+        "information".into(),
+        longstr("Licensed under the Apache License 2.0"),
+    );
+    t.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    t
+}
+
+fn client_cap(props: &FieldTable, name: &str) -> bool {
+    match props.inner().get("capabilities") {
+        Some(AMQPValue::FieldTable(t)) => {
+            matches!(t.inner().get(name), Some(AMQPValue::Boolean(true)))
+        }
+        _ => false,
+    }
+}
+
+impl<R: AsyncRead + Unpin> Connection<R> {
+    /// Read one frame before `deadline`. Ok(None) on EOF, timeout or shutdown.
+    async fn frame_before(
+        &mut self,
+        deadline: Instant,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<InFrame>, AmqpError> {
+        loop {
+            match read_frame(&mut self.buf, self.limits) {
+                Ok(Some(InFrame::Heartbeat)) => continue,
+                Ok(Some(f)) => return Ok(Some(f)),
+                Ok(None) => {}
+                Err(fe) => return Err(fe.error),
+            }
+            tokio::select! {
+                r = tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.buf)) => match r {
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(_) => return Ok(None),
+                    Err(_) => {
+                        tracing::info!(peer = %self.shared.peer, "handshake timed out");
+                        return Ok(None);
+                    }
+                },
+                _ = shutdown.changed() => return Ok(None),
+            }
+        }
+    }
+
+    /// The next frame must be a connection-class method.
+    async fn expect_method(
+        &mut self,
+        deadline: Instant,
+        shutdown: &mut watch::Receiver<bool>,
+        what: &str,
+    ) -> Result<Option<conn::AMQPMethod>, AmqpError> {
+        match self.frame_before(deadline, shutdown).await? {
+            None => Ok(None),
+            Some(InFrame::Method {
+                channel: 0, method, ..
+            }) => match *method {
+                AMQPClass::Connection(m) => Ok(Some(m)),
+                _ => Err(AmqpError::command_invalid(format!("expected {what}"))),
+            },
+            Some(_) => Err(AmqpError::command_invalid(format!("expected {what}"))),
+        }
+    }
+
+    /// Run the handshake. Ok(true) when the connection is open; Ok(false) when it should
+    /// just be dropped; Err to close with an error.
+    pub(super) async fn handshake(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<bool, AmqpError> {
+        let deadline = Instant::now() + self.broker.config.handshake_timeout();
+        while self.buf.len() < 8 {
+            match tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Ok(false),
+            }
+        }
+        if &self.buf[..8] != PROTOCOL_HEADER {
+            tracing::info!(peer = %self.shared.peer, "bad protocol header; answering with AMQP 0-9-1");
+            self.shared
+                .out
+                .write(|b| b.extend_from_slice(PROTOCOL_HEADER));
+            return Ok(false);
+        }
+        let _ = self.buf.split_to(8);
+        self.shared.send(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::Start(conn::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: server_properties(),
+                mechanisms: "PLAIN AMQPLAIN".into(),
+                locales: "en_US".into(),
+            })),
+        );
+
+        let Some(m) = self
+            .expect_method(deadline, shutdown, "connection.start-ok")
+            .await?
+        else {
+            return Ok(false);
+        };
+        let conn::AMQPMethod::StartOk(start_ok) = m else {
+            return Err(AmqpError::command_invalid("expected connection.start-ok").at(10, 11));
+        };
+        let caps = &self.shared.caps;
+        let props = &start_ok.client_properties;
+        caps.consumer_cancel_notify.store(
+            client_cap(props, "consumer_cancel_notify"),
+            Ordering::Relaxed,
+        );
+        caps.connection_blocked
+            .store(client_cap(props, "connection.blocked"), Ordering::Relaxed);
+        let failure_close = client_cap(props, "authentication_failure_close");
+        caps.authentication_failure_close
+            .store(failure_close, Ordering::Relaxed);
+
+        let auth = self.broker.users.authenticate(
+            start_ok.mechanism.as_str(),
+            start_ok.response.as_bytes(),
+            self.shared.peer.ip(),
+        );
+        match auth {
+            Ok(user) => self.user = user,
+            Err(e) => {
+                let text = match e {
+                    AuthError::UnknownMechanism(m) => {
+                        format!("unsupported authentication mechanism '{m}'")
+                    }
+                    AuthError::Malformed(why) => {
+                        format!("malformed authentication response: {why}")
+                    }
+                    AuthError::Refused(why) => why,
+                };
+                tracing::warn!(peer = %self.shared.peer, "authentication failed: {text}");
+                // A short pause slows down password guessing.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if failure_close {
+                    return Err(AmqpError::access_refused(text).at(10, 11));
+                }
+                return Ok(false);
+            }
+        }
+
+        let broker = self.broker.clone();
+        let cfg = &broker.config;
+        self.shared.send(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::Tune(conn::Tune {
+                channel_max: cfg.channel_max,
+                frame_max: cfg.frame_max,
+                heartbeat: cfg.heartbeat,
+            })),
+        );
+        let Some(m) = self
+            .expect_method(deadline, shutdown, "connection.tune-ok")
+            .await?
+        else {
+            return Ok(false);
+        };
+        let conn::AMQPMethod::TuneOk(tune) = m else {
+            return Err(AmqpError::command_invalid("expected connection.tune-ok").at(10, 31));
+        };
+        let negotiate = |server: u32, client: u32| match (server, client) {
+            (0, c) => c,
+            (s, 0) => s,
+            (s, c) => s.min(c),
+        };
+        if cfg.channel_max != 0 && tune.channel_max > cfg.channel_max {
+            return Err(AmqpError::not_allowed(format!(
+                "channel_max={} > {} max size",
+                tune.channel_max, cfg.channel_max
+            ))
+            .at(10, 31));
+        }
+        if cfg.frame_max != 0 && tune.frame_max > cfg.frame_max {
+            return Err(AmqpError::not_allowed(format!(
+                "frame_max={} > {} max size",
+                tune.frame_max, cfg.frame_max
+            ))
+            .at(10, 31));
+        }
+        if tune.frame_max != 0 && tune.frame_max < crate::protocol::FRAME_MIN_SIZE {
+            return Err(AmqpError::not_allowed(format!(
+                "frame_max={} < {} min size",
+                tune.frame_max,
+                crate::protocol::FRAME_MIN_SIZE
+            ))
+            .at(10, 31));
+        }
+        self.channel_max = negotiate(cfg.channel_max as u32, tune.channel_max as u32) as u16;
+        let frame_max = negotiate(cfg.frame_max, tune.frame_max);
+        self.limits.frame_max = frame_max;
+        self.shared.frame_max.store(frame_max, Ordering::Relaxed);
+        self.heartbeat = Duration::from_secs(tune.heartbeat as u64);
+        self.shared
+            .heartbeat_ms
+            .store(tune.heartbeat as u64 * 1000, Ordering::Relaxed);
+
+        let Some(m) = self
+            .expect_method(deadline, shutdown, "connection.open")
+            .await?
+        else {
+            return Ok(false);
+        };
+        let conn::AMQPMethod::Open(open) = m else {
+            return Err(AmqpError::command_invalid("expected connection.open").at(10, 40));
+        };
+        let name = open.virtual_host.as_str();
+        match self.broker.vhost(name) {
+            Some(v) => self.vhost = Some(v),
+            None => {
+                return Err(AmqpError::new(
+                    ReplyCode::NotAllowed,
+                    format!("vhost {name} not found"),
+                )
+                .at(10, 40))
+            }
+        }
+        self.shared.send(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::OpenOk(conn::OpenOk {})),
+        );
+        tracing::debug!(peer = %self.shared.peer, user = %self.user, vhost = name, "connection open");
+        Ok(true)
+    }
+}

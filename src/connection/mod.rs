@@ -1,0 +1,485 @@
+//! One client connection: the handshake, the read loop that hands frames to channels,
+//! heartbeats, error handling (channel vs connection errors) and cleanup on close.
+
+mod handshake;
+pub mod outbound;
+
+use crate::broker::vhost::VHost;
+use crate::broker::Broker;
+use crate::channel::{Channel, ChannelCtx};
+use crate::error::{AmqpError, ReplyCode};
+use crate::protocol::codec::{read_frame, InFrame, ReadLimits};
+use crate::protocol::{encode, short, AMQPClass};
+use amq_protocol::protocol::{basic, channel as chan, connection as conn};
+use bytes::BytesMut;
+use outbound::Outbound;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::watch;
+
+/// What the client said it supports in connection.start-ok capabilities.
+#[derive(Debug, Default)]
+pub struct ClientCaps {
+    pub consumer_cancel_notify: AtomicBool,
+    pub connection_blocked: AtomicBool,
+    pub authentication_failure_close: AtomicBool,
+}
+
+/// Connection state shared with queues and the rest of the broker.
+pub struct ConnShared {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub out: Arc<Outbound>,
+    /// Negotiated frame_max (0 = unlimited).
+    frame_max: AtomicU32,
+    /// Negotiated heartbeat interval in ms (0 = off), read by the writer.
+    pub heartbeat_ms: Arc<AtomicU64>,
+    pub caps: ClientCaps,
+}
+
+impl ConnShared {
+    pub fn new(id: u64, peer: SocketAddr, high_watermark: usize) -> Arc<Self> {
+        Arc::new(ConnShared {
+            id,
+            peer,
+            out: Arc::new(Outbound::new(high_watermark)),
+            frame_max: AtomicU32::new(crate::protocol::FRAME_MIN_SIZE),
+            heartbeat_ms: Arc::new(AtomicU64::new(0)),
+            caps: ClientCaps::default(),
+        })
+    }
+
+    pub fn frame_max(&self) -> u32 {
+        self.frame_max.load(Ordering::Relaxed)
+    }
+
+    pub fn send(&self, channel: u16, method: AMQPClass) {
+        self.out.write(|buf| encode::method(buf, channel, method));
+    }
+
+    /// A queue went away under a consumer: tell the client if it understands that.
+    pub fn notify_consumer_cancelled(&self, channel: u16, tag: &str) {
+        if self.caps.consumer_cancel_notify.load(Ordering::Relaxed) {
+            self.send(
+                channel,
+                AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: short(tag),
+                    nowait: true,
+                })),
+            );
+        }
+    }
+}
+
+/// Why the connection ends.
+enum Exit {
+    /// The peer closed, vanished, or timed out: nothing more to say.
+    Gone,
+    /// We must close with this error (connection.close sent, await close-ok).
+    Error(AmqpError),
+    /// The client asked to close and got close-ok.
+    ClosedByClient,
+    /// Broker shutdown.
+    Shutdown,
+}
+
+pub(crate) struct Connection<R> {
+    broker: Arc<Broker>,
+    shared: Arc<ConnShared>,
+    reader: R,
+    buf: BytesMut,
+    limits: ReadLimits,
+    channel_max: u16,
+    heartbeat: Duration,
+    vhost: Option<Arc<VHost>>,
+    user: String,
+    channels: HashMap<u16, Channel>,
+}
+
+/// Serve one accepted socket until it closes.
+pub async fn serve<S>(
+    broker: Arc<Broker>,
+    socket: S,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (reader, writer) = tokio::io::split(socket);
+    let id = broker.next_connection_id();
+    let shared = ConnShared::new(id, peer, broker.config.outbound_high_watermark);
+    let writer_task = tokio::spawn(outbound::run_writer(
+        shared.out.clone(),
+        writer,
+        shared.heartbeat_ms.clone(),
+    ));
+    let mut c = Connection {
+        limits: ReadLimits {
+            frame_max: broker.config.frame_max,
+            max_table_depth: broker.config.max_table_depth,
+        },
+        broker: broker.clone(),
+        shared: shared.clone(),
+        reader,
+        buf: BytesMut::with_capacity(64 * 1024),
+        channel_max: broker.config.channel_max,
+        heartbeat: Duration::ZERO,
+        vhost: None,
+        user: String::new(),
+        channels: HashMap::new(),
+    };
+    let exit = match c.handshake(&mut shutdown).await {
+        Ok(true) => {
+            broker.register_connection(shared.clone());
+            c.run(&mut shutdown).await
+        }
+        Ok(false) => Exit::Gone,
+        Err(e) => Exit::Error(e),
+    };
+    match exit {
+        Exit::Error(e) => {
+            tracing::warn!(peer = %peer, code = e.code as u16, "closing connection: {}", e.reply_text());
+            c.close_with(e).await;
+        }
+        Exit::Shutdown => {
+            c.close_with(AmqpError::new(
+                ReplyCode::ConnectionForced,
+                "broker shutdown",
+            ))
+            .await;
+        }
+        Exit::Gone | Exit::ClosedByClient => {}
+    }
+    c.cleanup();
+    broker.unregister_connection(id);
+    shared.out.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+}
+
+impl<R: AsyncRead + Unpin> Connection<R> {
+    /// Read more bytes, bounded by the heartbeat timeout. Ok(false) on EOF or timeout.
+    async fn fill(&mut self) -> Result<bool, AmqpError> {
+        let read = self.reader.read_buf(&mut self.buf);
+        let n = if self.heartbeat.is_zero() {
+            read.await
+        } else {
+            match tokio::time::timeout(self.heartbeat * 2, read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(peer = %self.shared.peer, "missed heartbeats; closing connection");
+                    return Ok(false);
+                }
+            }
+        };
+        match n {
+            Ok(0) | Err(_) => Ok(false),
+            Ok(_) => Ok(true),
+        }
+    }
+
+    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Exit {
+        loop {
+            // Handle every complete frame already buffered, then flush batched confirms.
+            loop {
+                match read_frame(&mut self.buf, self.limits) {
+                    Ok(Some(frame)) => match self.handle_frame(frame) {
+                        Ok(true) => {}
+                        Ok(false) => return Exit::ClosedByClient,
+                        Err(e) => return Exit::Error(e),
+                    },
+                    Ok(None) => break,
+                    Err(fe) => return Exit::Error(fe.error),
+                }
+            }
+            for ch in self.channels.values_mut() {
+                ch.flush_confirms();
+            }
+            self.shared.out.room().await;
+            tokio::select! {
+                r = self.fill() => match r {
+                    Ok(true) => {}
+                    Ok(false) => return Exit::Gone,
+                    Err(e) => return Exit::Error(e),
+                },
+                _ = shutdown.changed() => return Exit::Shutdown,
+            }
+        }
+    }
+
+    /// Ok(false) when the client closed the connection.
+    fn handle_frame(&mut self, frame: InFrame) -> Result<bool, AmqpError> {
+        match frame {
+            InFrame::Heartbeat => Ok(true),
+            InFrame::Method {
+                channel: 0,
+                class_id,
+                method_id,
+                method,
+            } => self
+                .connection_method(*method)
+                .map_err(|e| e.at(class_id, method_id)),
+            InFrame::Method {
+                channel,
+                class_id,
+                method_id,
+                method,
+            } => {
+                self.channel_method(channel, class_id, method_id, *method)?;
+                Ok(true)
+            }
+            InFrame::Header { channel: 0, .. } | InFrame::Body { channel: 0, .. } => {
+                Err(AmqpError::command_invalid("content frame on channel 0"))
+            }
+            InFrame::Header {
+                channel,
+                class_id,
+                body_size,
+                properties,
+                raw_properties,
+            } => {
+                let ch = self.open_channel(channel)?;
+                if ch.is_closing() {
+                    return Ok(true);
+                }
+                let max = self.broker.config.max_message_size;
+                let res = {
+                    let ch = self
+                        .channels
+                        .get_mut(&channel)
+                        .ok_or_else(|| unknown_channel(channel))?;
+                    let ctx = ChannelCtx {
+                        broker: &self.broker,
+                        vhost: self
+                            .vhost
+                            .as_ref()
+                            .ok_or_else(|| AmqpError::internal("no vhost"))?,
+                        conn: &self.shared,
+                        user: &self.user,
+                    };
+                    ch.on_header(&ctx, class_id, body_size, *properties, raw_properties, max)
+                };
+                self.channel_result(channel, res)
+            }
+            InFrame::Body { channel, payload } => {
+                let ch = self.open_channel(channel)?;
+                if ch.is_closing() {
+                    return Ok(true);
+                }
+                let res = {
+                    let ch = self
+                        .channels
+                        .get_mut(&channel)
+                        .ok_or_else(|| unknown_channel(channel))?;
+                    let ctx = ChannelCtx {
+                        broker: &self.broker,
+                        vhost: self
+                            .vhost
+                            .as_ref()
+                            .ok_or_else(|| AmqpError::internal("no vhost"))?,
+                        conn: &self.shared,
+                        user: &self.user,
+                    };
+                    ch.on_body(&ctx, payload)
+                };
+                self.channel_result(channel, res)
+            }
+        }
+    }
+
+    fn open_channel(&self, id: u16) -> Result<&Channel, AmqpError> {
+        self.channels.get(&id).ok_or_else(|| unknown_channel(id))
+    }
+
+    /// A soft error closes the channel; a hard one propagates to close the connection.
+    fn channel_result(
+        &mut self,
+        channel: u16,
+        res: Result<(), AmqpError>,
+    ) -> Result<bool, AmqpError> {
+        match res {
+            Ok(()) => Ok(true),
+            Err(e) if e.code.is_hard() => Err(e),
+            Err(e) => {
+                tracing::debug!(channel, "channel error: {}", e.reply_text());
+                if let (Some(ch), Some(vhost)) = (self.channels.get_mut(&channel), &self.vhost) {
+                    ch.close_on_error(&self.shared, vhost, &e);
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    fn connection_method(&mut self, method: AMQPClass) -> Result<bool, AmqpError> {
+        match method {
+            AMQPClass::Connection(conn::AMQPMethod::Close(_)) => {
+                self.shared.send(
+                    0,
+                    AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
+                );
+                Ok(false)
+            }
+            AMQPClass::Connection(conn::AMQPMethod::CloseOk(_)) => Ok(false),
+            AMQPClass::Connection(conn::AMQPMethod::UpdateSecret(_)) => {
+                // Credentials here are static passwords: accept the new secret as RabbitMQ does
+                // for backends without expiring tokens.
+                self.shared.send(
+                    0,
+                    AMQPClass::Connection(conn::AMQPMethod::UpdateSecretOk(
+                        conn::UpdateSecretOk {},
+                    )),
+                );
+                Ok(true)
+            }
+            AMQPClass::Connection(
+                conn::AMQPMethod::Blocked(_) | conn::AMQPMethod::Unblocked(_),
+            ) => Ok(true),
+            AMQPClass::Connection(_) => Err(AmqpError::command_invalid(
+                "connection method not allowed after the handshake",
+            )),
+            _ => Err(AmqpError::command_invalid(
+                "non-connection method on channel 0",
+            )),
+        }
+    }
+
+    fn channel_method(
+        &mut self,
+        id: u16,
+        class_id: u16,
+        method_id: u16,
+        method: AMQPClass,
+    ) -> Result<(), AmqpError> {
+        if let AMQPClass::Channel(chan::AMQPMethod::Open(_)) = method {
+            if self.channels.contains_key(&id) {
+                return Err(AmqpError::channel_error(format!(
+                    "second 'channel.open' seen on channel {id}"
+                ))
+                .at(class_id, method_id));
+            }
+            if self.channel_max != 0 && id > self.channel_max {
+                return Err(AmqpError::not_allowed(format!(
+                    "channel {id} is above the negotiated channel_max {}",
+                    self.channel_max
+                ))
+                .at(class_id, method_id));
+            }
+            let ch = Channel::new(id, self.shared.clone());
+            self.channels.insert(id, ch);
+            self.shared.send(
+                id,
+                AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})),
+            );
+            return Ok(());
+        }
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Err(unknown_channel(id).at(class_id, method_id));
+        };
+        match method {
+            AMQPClass::Channel(chan::AMQPMethod::Close(_)) => {
+                let mut ch = self
+                    .channels
+                    .remove(&id)
+                    .ok_or_else(|| unknown_channel(id))?;
+                if let Some(vhost) = &self.vhost {
+                    ch.release(vhost);
+                }
+                self.shared.send(
+                    id,
+                    AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+                );
+                Ok(())
+            }
+            AMQPClass::Channel(chan::AMQPMethod::CloseOk(_)) => {
+                if ch.is_closing() {
+                    self.channels.remove(&id);
+                }
+                Ok(())
+            }
+            _ if ch.is_closing() => Ok(()),
+            method => {
+                let res = {
+                    let ctx = ChannelCtx {
+                        broker: &self.broker,
+                        vhost: self
+                            .vhost
+                            .as_ref()
+                            .ok_or_else(|| AmqpError::internal("no vhost"))?,
+                        conn: &self.shared,
+                        user: &self.user,
+                    };
+                    let ch = self
+                        .channels
+                        .get_mut(&id)
+                        .ok_or_else(|| unknown_channel(id))?;
+                    ch.handle_method(&ctx, class_id, method_id, method)
+                        .map_err(|e| e.at(class_id, method_id))
+                };
+                self.channel_result(id, res).map(|_| ())
+            }
+        }
+    }
+
+    /// Send connection.close and wait (bounded) for close-ok.
+    async fn close_with(&mut self, e: AmqpError) {
+        self.shared.send(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::Close(conn::Close {
+                reply_code: e.code as u16,
+                reply_text: short(&e.reply_text()),
+                class_id: e.class_id,
+                method_id: e.method_id,
+            })),
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            loop {
+                match read_frame(
+                    &mut self.buf,
+                    ReadLimits {
+                        frame_max: 0,
+                        ..self.limits
+                    },
+                ) {
+                    Ok(Some(InFrame::Method {
+                        channel: 0, method, ..
+                    })) => {
+                        if matches!(
+                            *method,
+                            AMQPClass::Connection(
+                                conn::AMQPMethod::CloseOk(_) | conn::AMQPMethod::Close(_)
+                            )
+                        ) {
+                            return;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => return,
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        }
+    }
+
+    /// Release everything the connection held: channels (requeue unacked, cancel
+    /// consumers) and exclusive queues.
+    fn cleanup(&mut self) {
+        if let Some(vhost) = self.vhost.clone() {
+            for (_, mut ch) in self.channels.drain() {
+                ch.release(&vhost);
+            }
+            vhost.drop_exclusive_queues(self.shared.id);
+        }
+    }
+}
+
+fn unknown_channel(id: u16) -> AmqpError {
+    AmqpError::channel_error(format!("expected 'channel.open' on channel {id}"))
+}

@@ -1,0 +1,231 @@
+//! Durable state in sled: definitions (exchanges, queues, bindings) written when declared and
+//! recovered at start. The data dir carries a format version so a newer layout is refused.
+
+use crate::broker::exchange::{ExchangeSpec, ExchangeType};
+use crate::broker::queue::QueueSpec;
+use crate::protocol::FieldTable;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use thiserror::Error;
+
+/// Version of the on-disk layout this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("cannot open the data store at {path}: {source}")]
+    Open { path: String, source: sled::Error },
+    #[error("data store I/O error: {0}")]
+    Io(#[from] sled::Error),
+    #[error("the data dir has format version {found}, this build reads {FORMAT_VERSION}; refusing to start")]
+    Version { found: String },
+    #[error("corrupt record {key} in the data store: {why}")]
+    Corrupt { key: String, why: String },
+}
+
+#[derive(Serialize, Deserialize)]
+struct ExchangeRecord {
+    name: String,
+    kind: String,
+    auto_delete: bool,
+    internal: bool,
+    arguments: FieldTable,
+}
+
+#[derive(Serialize, Deserialize)]
+struct QueueRecord {
+    name: String,
+    auto_delete: bool,
+    arguments: FieldTable,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct BindingRecord {
+    pub exchange: String,
+    pub queue: String,
+    pub routing_key: String,
+    pub arguments: FieldTable,
+}
+
+/// Everything recovered from disk for one vhost.
+#[derive(Default)]
+pub struct Recovered {
+    pub exchanges: Vec<ExchangeSpec>,
+    pub queues: Vec<QueueSpec>,
+    pub bindings: Vec<BindingRecord>,
+}
+
+pub struct Store {
+    db: sled::Db,
+    defs: sled::Tree,
+}
+
+fn key(parts: &[&str]) -> Vec<u8> {
+    // NUL cannot appear in names that came through shortstrs meaningfully; it separates parts.
+    parts.join("\u{0}").into_bytes()
+}
+
+impl Store {
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir.join("sled"))
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        match db.get("format_version")? {
+            None => {
+                db.insert("format_version", FORMAT_VERSION.to_string().as_bytes())?;
+            }
+            Some(v) if v.as_ref() == FORMAT_VERSION.to_string().as_bytes() => {}
+            Some(v) => {
+                return Err(StoreError::Version {
+                    found: String::from_utf8_lossy(&v).into_owned(),
+                })
+            }
+        }
+        let defs = db.open_tree("definitions")?;
+        Ok(Store { db, defs })
+    }
+
+    fn put<T: Serialize>(&self, k: Vec<u8>, v: &T) {
+        match serde_json::to_vec(v) {
+            Ok(bytes) => {
+                if let Err(e) = self.defs.insert(k, bytes) {
+                    tracing::error!(error = %e, "could not store a definition");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not encode a definition"),
+        }
+    }
+
+    fn del(&self, k: Vec<u8>) {
+        if let Err(e) = self.defs.remove(k) {
+            tracing::error!(error = %e, "could not remove a definition");
+        }
+    }
+
+    pub fn save_exchange(&self, vhost: &str, spec: &ExchangeSpec) {
+        let rec = ExchangeRecord {
+            name: spec.name.clone(),
+            kind: spec.kind.as_str().to_string(),
+            auto_delete: spec.auto_delete,
+            internal: spec.internal,
+            arguments: spec.arguments.clone(),
+        };
+        self.put(key(&["x", vhost, &spec.name]), &rec);
+    }
+
+    pub fn remove_exchange(&self, vhost: &str, name: &str) {
+        self.del(key(&["x", vhost, name]));
+    }
+
+    pub fn save_queue(&self, vhost: &str, spec: &QueueSpec) {
+        let rec = QueueRecord {
+            name: spec.name.clone(),
+            auto_delete: spec.auto_delete,
+            arguments: spec.arguments.clone(),
+        };
+        self.put(key(&["q", vhost, &spec.name]), &rec);
+    }
+
+    pub fn remove_queue(&self, vhost: &str, name: &str) {
+        self.del(key(&["q", vhost, name]));
+    }
+
+    fn binding_key(
+        vhost: &str,
+        exchange: &str,
+        queue: &str,
+        rk: &str,
+        args: &FieldTable,
+    ) -> Vec<u8> {
+        let args = serde_json::to_string(args).unwrap_or_default();
+        key(&["b", vhost, exchange, queue, rk, &args])
+    }
+
+    pub fn save_binding(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        queue: &str,
+        rk: &str,
+        args: &FieldTable,
+    ) {
+        let rec = BindingRecord {
+            exchange: exchange.to_string(),
+            queue: queue.to_string(),
+            routing_key: rk.to_string(),
+            arguments: args.clone(),
+        };
+        self.put(Self::binding_key(vhost, exchange, queue, rk, args), &rec);
+    }
+
+    pub fn remove_binding(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        queue: &str,
+        rk: &str,
+        args: &FieldTable,
+    ) {
+        self.del(Self::binding_key(vhost, exchange, queue, rk, args));
+    }
+
+    /// Read every definition stored for `vhost`.
+    pub fn recover(&self, vhost: &str) -> Result<Recovered, StoreError> {
+        let mut out = Recovered::default();
+        for kind in ["x", "q", "b"] {
+            let mut prefix = key(&[kind, vhost]);
+            prefix.push(0);
+            for item in self.defs.scan_prefix(&prefix) {
+                let (k, v) = item?;
+                let corrupt = |why: String| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&k).replace('\u{0}', "/"),
+                    why,
+                };
+                match kind {
+                    "x" => {
+                        let r: ExchangeRecord =
+                            serde_json::from_slice(&v).map_err(|e| corrupt(e.to_string()))?;
+                        let kind =
+                            ExchangeType::parse(&r.kind).map_err(|e| corrupt(e.to_string()))?;
+                        out.exchanges.push(ExchangeSpec {
+                            name: r.name,
+                            kind,
+                            durable: true,
+                            auto_delete: r.auto_delete,
+                            internal: r.internal,
+                            arguments: r.arguments,
+                        });
+                    }
+                    "q" => {
+                        let r: QueueRecord =
+                            serde_json::from_slice(&v).map_err(|e| corrupt(e.to_string()))?;
+                        out.queues.push(QueueSpec {
+                            name: r.name,
+                            durable: true,
+                            exclusive_owner: None,
+                            auto_delete: r.auto_delete,
+                            arguments: r.arguments,
+                        });
+                    }
+                    _ => {
+                        let r: BindingRecord =
+                            serde_json::from_slice(&v).map_err(|e| corrupt(e.to_string()))?;
+                        out.bindings.push(r);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn flush(&self) {
+        if let Err(e) = self.db.flush() {
+            tracing::error!(error = %e, "flushing the data store failed");
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Shared test helpers: an in-process broker on port 0 with a fresh data dir, lapin
+//! connections to it, and bounded waits.
+#![allow(dead_code)]
+
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use std::future::Future;
+use std::time::Duration;
+use warrenmq::config::Config;
+use warrenmq::server::ServerHandle;
+
+pub struct TestBroker {
+    pub handle: Option<ServerHandle>,
+    pub dir: tempfile::TempDir,
+    pub uri: String,
+}
+
+impl TestBroker {
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.handle.as_ref().expect("running").amqp_addr
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().await;
+        }
+    }
+}
+
+pub fn test_config(dir: &std::path::Path) -> Config {
+    Config {
+        amqp_addr: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        log_level: "warn".into(),
+        ..Config::default()
+    }
+}
+
+pub async fn start_broker() -> TestBroker {
+    let dir = tempfile::tempdir().expect("temp dir");
+    start_broker_with(test_config(dir.path()), dir).await
+}
+
+pub async fn start_broker_with(config: Config, dir: tempfile::TempDir) -> TestBroker {
+    let handle = warrenmq::server::start(config)
+        .await
+        .expect("broker starts");
+    let uri = format!("amqp://guest:guest@{}/%2f", handle.amqp_addr);
+    TestBroker {
+        handle: Some(handle),
+        dir,
+        uri,
+    }
+}
+
+/// Fail the test instead of hanging: every await in tests goes through this.
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(15), fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+pub async fn connect(b: &TestBroker) -> Connection {
+    within(
+        "connect",
+        Connection::connect(&b.uri, ConnectionProperties::default()),
+    )
+    .await
+    .expect("connect")
+}
+
+pub async fn channel(c: &Connection) -> Channel {
+    within("channel", c.create_channel())
+        .await
+        .expect("channel")
+}
+
+/// Reply code of a channel or connection error returned by lapin.
+pub fn reply_code(e: &lapin::Error) -> Option<u16> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
+}
+
+pub async fn declare(ch: &Channel, name: &str) {
+    within(
+        "queue.declare",
+        ch.queue_declare(
+            name.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("declare");
+}
+
+pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
+    within(
+        "publish",
+        ch.basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            body,
+            lapin::BasicProperties::default(),
+        ),
+    )
+    .await
+    .expect("publish");
+}
+
+/// Next delivery from a lapin consumer, bounded in time.
+pub async fn next(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
+    use futures_lite::StreamExt;
+    within("delivery", consumer.next())
+        .await
+        .expect("consumer stream ended")
+        .expect("delivery error")
+}
