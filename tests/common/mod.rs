@@ -2,6 +2,7 @@
 //! connections to it, and bounded waits.
 #![allow(dead_code)]
 
+pub mod raw;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};

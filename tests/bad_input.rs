@@ -1,0 +1,228 @@
+//! Hostile and malformed input: each gets the right close, and the broker keeps serving.
+
+mod common;
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{basic, queue, AMQPClass};
+use amq_protocol::types::FieldTable;
+use common::raw::Raw;
+use common::*;
+
+/// After a bad connection, a fresh lapin client still works.
+async fn still_serving(b: &TestBroker) {
+    let conn = connect(b).await;
+    let ch = channel(&conn).await;
+    declare(&ch, "alive").await;
+}
+
+#[tokio::test]
+async fn wrong_protocol_header_gets_0_9_1_header_and_close() {
+    let b = start_broker().await;
+    let mut r = Raw::tcp(b.addr()).await;
+    r.send_raw(b"AMQP\x01\x01\x00\x0a").await;
+    assert_eq!(r.read_to_close().await, b"AMQP\x00\x00\x09\x01");
+    let mut r = Raw::tcp(b.addr()).await;
+    r.send_raw(b"GET / HTTP/1.1\r\n\r\n").await;
+    assert_eq!(r.read_to_close().await, b"AMQP\x00\x00\x09\x01");
+    still_serving(&b).await;
+}
+
+#[tokio::test]
+async fn frame_larger_than_frame_max_is_501_from_the_header() {
+    let b = start_broker().await;
+    let mut r = Raw::open(b.addr()).await;
+    r.open_channel(1).await;
+    // Announce a 1 MB body frame; the payload is never sent.
+    r.send_raw(&[3, 0, 1, 0, 0x10, 0, 0]).await;
+    assert_eq!(r.expect_connection_close().await.0, 501);
+    still_serving(&b).await;
+}
+
+#[tokio::test]
+async fn frame_on_unopened_channel_is_504() {
+    let b = start_broker().await;
+    let mut r = Raw::open(b.addr()).await;
+    r.send(AMQPFrame::Method(
+        7,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: "x".into(),
+            passive: false,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    ))
+    .await;
+    let (code, class, method) = r.expect_connection_close().await;
+    assert_eq!((code, class, method), (504, 50, 10));
+}
+
+#[tokio::test]
+async fn unknown_method_is_503_and_server_method_is_540() {
+    let b = start_broker().await;
+    let mut r = Raw::open(b.addr()).await;
+    r.open_channel(1).await;
+    r.send_raw(&[1, 0, 1, 0, 0, 0, 4, 0, 99, 0, 1, 0xCE]).await;
+    assert_eq!(r.expect_connection_close().await.0, 503);
+
+    let mut r = Raw::open(b.addr()).await;
+    r.open_channel(1).await;
+    // basic.deliver is sent by brokers, never by clients.
+    r.send(AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+            consumer_tag: "x".into(),
+            delivery_tag: 1,
+            redelivered: false,
+            exchange: "".into(),
+            routing_key: "".into(),
+        })),
+    ))
+    .await;
+    assert_eq!(r.expect_connection_close().await, (540, 60, 60));
+    still_serving(&b).await;
+}
+
+#[tokio::test]
+async fn content_where_a_method_is_expected_and_vice_versa_is_505() {
+    let b = start_broker().await;
+    let mut r = Raw::open(b.addr()).await;
+    r.open_channel(1).await;
+    // A body frame with no publish before it.
+    r.send_raw(&[3, 0, 1, 0, 0, 0, 2, b'h', b'i', 0xCE]).await;
+    assert_eq!(r.expect_connection_close().await.0, 505);
+
+    let mut r = Raw::open(b.addr()).await;
+    r.open_channel(1).await;
+    r.send(AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: "q".into(),
+            mandatory: false,
+            immediate: false,
+        })),
+    ))
+    .await;
+    // A method where the content header should be.
+    r.send(AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+            prefetch_count: 1,
+            global: false,
+        })),
+    ))
+    .await;
+    assert_eq!(r.expect_connection_close().await.0, 505);
+}
+
+#[tokio::test]
+async fn body_longer_than_its_header_is_refused() {
+    let b = start_broker().await;
+    let mut r = Raw::open(b.addr()).await;
+    r.open_channel(1).await;
+    r.send(AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: "q".into(),
+            mandatory: false,
+            immediate: false,
+        })),
+    ))
+    .await;
+    r.send(AMQPFrame::Header(
+        1,
+        amq_protocol::frame::AMQPContentHeader {
+            class_id: 60,
+            body_size: 2,
+            properties: Default::default(),
+        },
+    ))
+    .await;
+    r.send(AMQPFrame::Body(1, b"too long".to_vec())).await;
+    assert_eq!(r.expect_connection_close().await.0, 505);
+    still_serving(&b).await;
+}
+
+#[tokio::test]
+async fn malformed_field_table_is_502() {
+    let b = start_broker().await;
+    let mut r = Raw::open(b.addr()).await;
+    r.open_channel(1).await;
+    // queue.declare "q" with a table whose length runs past the frame.
+    let payload: &[u8] = &[0, 50, 0, 10, 0, 0, 1, b'q', 0, 0, 0, 0, 50, 1, b'a'];
+    let mut frame = vec![1, 0, 1];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame.push(0xCE);
+    r.send_raw(&frame).await;
+    assert_eq!(r.expect_connection_close().await.0, 502);
+    still_serving(&b).await;
+}
+
+#[tokio::test]
+async fn deeply_nested_table_is_refused_without_crashing() {
+    let b = start_broker().await;
+    let mut r = Raw::open_with(b.addr(), 131_072, 0).await;
+    r.open_channel(1).await;
+    // 20,000 nested arrays in one frame: would overflow a recursive parser's stack.
+    let mut inner: Vec<u8> = Vec::new();
+    for _ in 0..20_000 {
+        let mut v = vec![b'A'];
+        v.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+        v.extend_from_slice(&inner);
+        inner = v;
+    }
+    let mut table = vec![1, b'a'];
+    table.extend_from_slice(&inner);
+    let mut payload = vec![0, 50, 0, 10, 0, 0, 1, b'q', 0];
+    payload.extend_from_slice(&(table.len() as u32).to_be_bytes());
+    payload.extend_from_slice(&table);
+    let mut frame = vec![1, 0, 1];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    frame.push(0xCE);
+    r.send_raw(&frame).await;
+    assert_eq!(r.expect_connection_close().await.0, 502);
+    still_serving(&b).await;
+}
+
+#[tokio::test]
+async fn missing_frame_end_is_501() {
+    let b = start_broker().await;
+    let mut r = Raw::open(b.addr()).await;
+    r.send_raw(&[8, 0, 0, 0, 0, 0, 0, 0x00]).await;
+    assert_eq!(r.expect_connection_close().await.0, 501);
+}
+
+#[tokio::test]
+async fn immediate_publish_is_540() {
+    let b = start_broker().await;
+    let mut r = Raw::open(b.addr()).await;
+    r.open_channel(1).await;
+    r.send(AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: "q".into(),
+            mandatory: false,
+            immediate: true,
+        })),
+    ))
+    .await;
+    assert_eq!(r.expect_connection_close().await, (540, 60, 40));
+}
+
+#[tokio::test]
+async fn silent_client_is_dropped_after_the_handshake_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.handshake_timeout = 1;
+    let b = start_broker_with(cfg, dir).await;
+    let mut r = Raw::tcp(b.addr()).await;
+    // Half a protocol header, then silence.
+    r.send_raw(b"AMQ").await;
+    assert!(r.read_to_close().await.is_empty());
+}
