@@ -586,18 +586,18 @@ fn validate_queue_arguments(a: &FieldTable) -> AmqpResult<()> {
                     ))
                 }
             },
-            "x-queue-type" => {
-                match args::str_value(v).as_deref() {
-                    Some("classic") => {}
-                    Some(other) => return Err(bad(
+            "x-queue-type" => match args::str_value(v).as_deref() {
+                Some("classic") => {}
+                Some(other) => {
+                    return Err(bad(
                         k,
                         &format!(
                             "queue type '{other}' is not supported; only 'classic' queues exist"
                         ),
-                    )),
-                    None => return Err(bad(k, "must be a string")),
+                    ))
                 }
-            }
+                None => return Err(bad(k, "must be a string")),
+            },
             "x-single-active-consumer" => {
                 if !matches!(v, AMQPValue::Boolean(_)) {
                     return Err(bad(k, "must be a boolean"));
