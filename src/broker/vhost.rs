@@ -26,6 +26,8 @@ pub struct QueueDeclare {
     pub exclusive: bool,
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    /// The broker chose the name (`amq.gen-…`), so the reserved prefix is allowed.
+    pub server_named: bool,
 }
 
 impl VHost {
@@ -219,7 +221,7 @@ impl VHost {
         if d.passive {
             return self.queue(&d.name, conn_id).map(|q| (q, false));
         }
-        if d.name.starts_with("amq.") {
+        if d.name.starts_with("amq.") && !d.server_named {
             return Err(AmqpError::access_refused(format!(
                 "queue name '{}' contains reserved prefix 'amq.*'",
                 d.name

@@ -216,7 +216,7 @@ impl Channel {
             publishes.push(TxPublish { publish, msg });
             return Ok(());
         }
-        self.route_and_deliver(ctx, &publish, msg);
+        self.route_and_deliver(ctx, &exchange, &publish, msg);
         if let Mode::Confirm(c) = &mut self.mode {
             c.last_seq += 1;
         }
@@ -225,20 +225,20 @@ impl Channel {
 
     /// Route a message to its queues; return it to the publisher if mandatory and unroutable.
     pub(super) fn route_and_deliver(
-        &self,
+        &mut self,
         ctx: &ChannelCtx<'_>,
+        exchange: &Arc<crate::broker::exchange::Exchange>,
         publish: &PendingPublish,
         msg: Arc<Message>,
     ) {
-        let Ok(exchange) = ctx.vhost.exchange(&publish.exchange) else {
-            return;
-        };
-        let mut queues = Vec::new();
-        ctx.vhost.route(&exchange, &msg, &mut queues);
+        // The routing result buffer is reused across publishes to avoid an allocation each.
+        let mut queues = std::mem::take(&mut self.route_buf);
+        ctx.vhost.route(exchange, &msg, &mut queues);
         let mut delivered = false;
-        for q in &queues {
+        for q in queues.drain(..) {
             delivered |= q.publish(msg.clone());
         }
+        self.route_buf = queues;
         if !delivered && publish.mandatory {
             let (id, frame_max) = (self.id(), ctx.conn.frame_max());
             ctx.conn.out.write(|buf| {

@@ -66,7 +66,10 @@ impl Channel {
                 let publishes = std::mem::take(publishes);
                 let acks = std::mem::take(acks);
                 for p in publishes {
-                    self.route_and_deliver(ctx, &p.publish, p.msg);
+                    // An exchange deleted since the publish drops the message, as RabbitMQ does.
+                    if let Ok(exchange) = ctx.vhost.exchange(&p.publish.exchange) {
+                        self.route_and_deliver(ctx, &exchange, &p.publish, p.msg);
+                    }
                 }
                 for a in acks {
                     apply_settle(a.taken, a.reject);

@@ -92,6 +92,8 @@ pub struct Channel {
     /// basic.qos global=false: the prefetch given to consumers created from now on.
     consumer_prefetch: u32,
     mode: Mode,
+    /// Scratch buffer for routing results, reused by every publish.
+    route_buf: Vec<Arc<Queue>>,
 }
 
 impl Channel {
@@ -104,6 +106,7 @@ impl Channel {
             consumers: HashMap::new(),
             consumer_prefetch: 0,
             mode: Mode::Normal,
+            route_buf: Vec::new(),
         }
     }
 

@@ -22,7 +22,8 @@ impl Channel {
         let conn_id = ctx.conn.id;
         match m {
             AMQPMethod::Declare(d) => {
-                let name = if d.queue.as_str().is_empty() && !d.passive {
+                let server_named = d.queue.as_str().is_empty() && !d.passive;
+                let name = if server_named {
                     generated_name("amq.gen-")
                 } else {
                     self.queue_name(d.queue.as_str())?
@@ -35,6 +36,7 @@ impl Channel {
                         exclusive: d.exclusive,
                         auto_delete: d.auto_delete,
                         arguments: d.arguments,
+                        server_named,
                     },
                     conn_id,
                 )?;

@@ -13,6 +13,13 @@ pub struct TopicMatcher {
     bindings: Vec<(Vec<String>, Binding)>,
 }
 
+/// Words of a key or pattern; the empty string has no words (as in RabbitMQ), while
+/// empty words between dots count.
+pub fn words(s: &str) -> impl Iterator<Item = &str> {
+    let empty = s.is_empty();
+    s.split('.').filter(move |_| !empty)
+}
+
 /// Does `key` (split into words) match `pattern` (split into words)?
 pub fn topic_matches(pattern: &[String], key: &[&str]) -> bool {
     // Iterative glob match with one backtrack point per `#`, as for `*` in file globs.
@@ -48,8 +55,8 @@ impl Matcher for TopicMatcher {
         if self.bindings.iter().any(|(_, x)| x == &b) {
             return Ok(false);
         }
-        let words = b.routing_key.split('.').map(str::to_string).collect();
-        self.bindings.push((words, b));
+        let pattern = words(&b.routing_key).map(str::to_string).collect();
+        self.bindings.push((pattern, b));
         Ok(true)
     }
 
@@ -60,7 +67,7 @@ impl Matcher for TopicMatcher {
     }
 
     fn route(&self, routing_key: &str, _headers: Option<&FieldTable>, out: &mut Vec<Destination>) {
-        let key: Vec<&str> = routing_key.split('.').collect();
+        let key: Vec<&str> = words(routing_key).collect();
         for (pattern, b) in &self.bindings {
             if topic_matches(pattern, &key) {
                 out.push(b.destination.clone());
@@ -79,11 +86,11 @@ impl Matcher for TopicMatcher {
 
 #[cfg(test)]
 mod tests {
-    use super::topic_matches;
+    use super::{topic_matches, words};
 
     fn m(p: &str, k: &str) -> bool {
-        let p: Vec<String> = p.split('.').map(str::to_string).collect();
-        let k: Vec<&str> = k.split('.').collect();
+        let p: Vec<String> = words(p).map(str::to_string).collect();
+        let k: Vec<&str> = words(k).collect();
         topic_matches(&p, &k)
     }
 
@@ -104,5 +111,8 @@ mod tests {
         assert!(m("*.#", "a"));
         assert!(!m("*", ""));
         assert!(m("#.#", "a.b"));
+        assert!(m("", ""));
+        assert!(!m("", "a"));
+        assert!(m("a.*.b", "a..b"));
     }
 }
