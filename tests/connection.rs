@@ -1,0 +1,304 @@
+//! Connections: authentication, vhosts, heartbeats, channel vs connection errors, server
+//! properties, channel limits, update-secret and broker shutdown.
+
+mod common;
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{channel as chan, connection as conn, AMQPClass};
+use amq_protocol::types::{AMQPValue, FieldTable};
+use common::raw::Raw;
+use common::*;
+use lapin::options::*;
+use lapin::{Connection, ConnectionProperties};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+
+const HEARTBEAT_FRAME: [u8; 8] = [8, 0, 0, 0, 0, 0, 0, 0xCE];
+
+/// The reply code of an operation that must fail with a protocol error.
+fn code<T>(r: Result<T, lapin::Error>) -> u16 {
+    match r {
+        Ok(_) => panic!("expected an AMQP error, the operation succeeded"),
+        Err(e) => reply_code(&e).unwrap_or_else(|| panic!("not a protocol error: {e:?}")),
+    }
+}
+
+async fn connect_uri(uri: &str) -> Result<Connection, lapin::Error> {
+    within(
+        "connect",
+        Connection::connect(uri, ConnectionProperties::default()),
+    )
+    .await
+}
+
+/// A fresh lapin client can connect and work.
+async fn still_serving(b: &TestBroker) {
+    let c = connect(b).await;
+    let ch = channel(&c).await;
+    declare(&ch, "alive").await;
+    publish(&ch, "", "alive", b"ping").await;
+    let got = within(
+        "basic.get",
+        ch.basic_get("alive".into(), BasicGetOptions { no_ack: true }),
+    )
+    .await
+    .unwrap()
+    .expect("a message");
+    assert_eq!(got.delivery.data, b"ping");
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn wrong_password_is_refused_and_the_broker_keeps_serving() {
+    let b = start_broker().await;
+    let uri = format!("amqp://guest:wrong@{}/%2f", b.addr());
+    // lapin advertises authentication_failure_close, so the refusal is a 403 close.
+    assert_eq!(code(connect_uri(&uri).await), 403);
+    let uri = format!("amqp://nobody:guest@{}/%2f", b.addr());
+    assert_eq!(code(connect_uri(&uri).await), 403);
+    still_serving(&b).await;
+}
+
+#[tokio::test]
+async fn unknown_vhost_is_530() {
+    let b = start_broker().await;
+    let uri = format!("amqp://guest:guest@{}/no-such-vhost", b.addr());
+    assert_eq!(code(connect_uri(&uri).await), 530);
+    still_serving(&b).await;
+}
+
+#[tokio::test]
+async fn silent_client_is_dropped_after_two_missed_heartbeats() {
+    let b = start_broker().await;
+    let mut r = Raw::open_with(b.addr(), 4096, 1).await;
+    let start = Instant::now();
+    // Say nothing; the broker must give up after about two intervals (2 s).
+    let bytes = tokio::time::timeout(Duration::from_secs(5), r.read_to_close())
+        .await
+        .expect("the broker did not drop a silent client within 5 s");
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1500),
+        "dropped too early, after {elapsed:?}"
+    );
+    assert!(
+        elapsed <= Duration::from_millis(4000),
+        "dropped too late, after {elapsed:?}"
+    );
+    // Meanwhile the broker itself kept sending heartbeats.
+    assert!(
+        contains(&bytes, &HEARTBEAT_FRAME),
+        "no heartbeat frame among {bytes:?}"
+    );
+    still_serving(&b).await;
+}
+
+#[tokio::test]
+async fn broker_sends_heartbeats_to_an_idle_client() {
+    let b = start_broker().await;
+    let mut r = Raw::open_with(b.addr(), 4096, 1).await;
+    let mut seen = Vec::new();
+    let mut tmp = [0u8; 256];
+    // With a 1 s interval a heartbeat is due well before the 2 s dead-peer limit.
+    let found = tokio::time::timeout(Duration::from_millis(1800), async {
+        loop {
+            let n = r.sock.read(&mut tmp).await.expect("read");
+            assert!(n > 0, "socket closed before a heartbeat, got {seen:?}");
+            seen.extend_from_slice(&tmp[..n]);
+            if contains(&seen, &HEARTBEAT_FRAME) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "no heartbeat within 1.8 s; got {seen:?}");
+
+    // A client that answers with heartbeats stays connected past the dead-peer limit.
+    let until = tokio::time::Instant::now() + Duration::from_millis(3500);
+    let mut beats = 0;
+    loop {
+        let read = tokio::time::timeout_at(until, r.sock.read(&mut tmp)).await;
+        match read {
+            Err(_) => break,
+            Ok(Ok(n)) if n > 0 => {
+                if contains(&tmp[..n], &HEARTBEAT_FRAME) {
+                    beats += 1;
+                    r.send_raw(&HEARTBEAT_FRAME).await;
+                }
+            }
+            Ok(other) => {
+                panic!("connection dropped although the client sent heartbeats: {other:?}")
+            }
+        }
+    }
+    assert!(beats >= 2, "only {beats} heartbeats in 3.5 s");
+    r.open_channel(1).await;
+}
+
+#[tokio::test]
+async fn channel_error_closes_only_that_channel() {
+    let b = start_broker().await;
+    let c = connect(&b).await;
+    let ok = channel(&c).await;
+    let bad = channel(&c).await;
+    declare(&ok, "q").await;
+    publish(&ok, "", "q", b"before").await;
+    let r = within(
+        "passive declare",
+        bad.queue_declare(
+            "missing".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        ),
+    )
+    .await;
+    assert_eq!(code(r), 404);
+    assert!(!bad.status().connected(), "the failed channel is closed");
+    // The other channel and the connection still work.
+    assert!(ok.status().connected());
+    publish(&ok, "", "q", b"after").await;
+    let q = within(
+        "declare",
+        ok.queue_declare(
+            "q".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(q.message_count(), 2);
+    let third = channel(&c).await;
+    declare(&third, "q").await;
+    assert!(c.status().connected());
+}
+
+#[tokio::test]
+async fn server_properties_advertise_product_and_capabilities() {
+    let b = start_broker().await;
+    let mut r = Raw::tcp(b.addr()).await;
+    r.send_raw(b"AMQP\x00\x00\x09\x01").await;
+    let start = match r.recv().await {
+        Some(AMQPFrame::Method(0, AMQPClass::Connection(conn::AMQPMethod::Start(s)))) => s,
+        other => panic!("expected connection.start, got {other:?}"),
+    };
+    assert_eq!((start.version_major, start.version_minor), (0, 9));
+    let mechanisms = String::from_utf8_lossy(start.mechanisms.as_bytes()).into_owned();
+    let mut mechanisms: Vec<&str> = mechanisms.split(' ').collect();
+    mechanisms.sort();
+    assert_eq!(mechanisms, vec!["AMQPLAIN", "PLAIN"]);
+    assert_eq!(start.locales.as_bytes(), b"en_US");
+
+    let props = start.server_properties.inner();
+    for key in ["product", "version", "platform", "cluster_name"] {
+        match props.get(key) {
+            Some(AMQPValue::LongString(s)) => assert!(!s.as_bytes().is_empty(), "{key} empty"),
+            other => panic!("server property {key}: {other:?}"),
+        }
+    }
+    let caps: &FieldTable = match props.get("capabilities") {
+        Some(AMQPValue::FieldTable(t)) => t,
+        other => panic!("capabilities: {other:?}"),
+    };
+    for cap in [
+        "publisher_confirms",
+        "consumer_cancel_notify",
+        "basic.nack",
+        "exchange_exchange_bindings",
+        "connection.blocked",
+        "authentication_failure_close",
+        "per_consumer_qos",
+        "consumer_priorities",
+        "direct_reply_to",
+    ] {
+        assert_eq!(
+            caps.inner().get(cap),
+            Some(&AMQPValue::Boolean(true)),
+            "capability {cap}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn second_channel_open_on_an_open_channel_is_504() {
+    let b = start_broker().await;
+    let mut r = Raw::open(b.addr()).await;
+    r.open_channel(1).await;
+    r.send(AMQPFrame::Method(
+        1,
+        AMQPClass::Channel(chan::AMQPMethod::Open(chan::Open {})),
+    ))
+    .await;
+    assert_eq!(r.expect_connection_close().await, (504, 20, 10));
+    still_serving(&b).await;
+}
+
+#[tokio::test]
+async fn channel_above_channel_max_is_a_connection_error() {
+    let b = start_broker().await;
+    // Raw::open negotiates channel_max 16.
+    let mut r = Raw::open(b.addr()).await;
+    r.open_channel(16).await;
+    r.send(AMQPFrame::Method(
+        17,
+        AMQPClass::Channel(chan::AMQPMethod::Open(chan::Open {})),
+    ))
+    .await;
+    assert_eq!(r.expect_connection_close().await, (530, 20, 10));
+    still_serving(&b).await;
+}
+
+#[tokio::test]
+async fn update_secret_is_answered() {
+    let b = start_broker().await;
+    let c = connect(&b).await;
+    within(
+        "update-secret",
+        c.update_secret("new-secret".into(), "token refresh".into()),
+    )
+    .await
+    .expect("update-secret-ok");
+    // The connection is still fine afterwards.
+    let ch = channel(&c).await;
+    declare(&ch, "q").await;
+}
+
+#[tokio::test]
+async fn update_secret_raw_gets_update_secret_ok() {
+    let b = start_broker().await;
+    let mut r = Raw::open(b.addr()).await;
+    r.send(AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(conn::AMQPMethod::UpdateSecret(conn::UpdateSecret {
+            new_secret: "s".into(),
+            reason: "refresh".into(),
+        })),
+    ))
+    .await;
+    match r.recv().await {
+        Some(AMQPFrame::Method(0, AMQPClass::Connection(conn::AMQPMethod::UpdateSecretOk(_)))) => {}
+        other => panic!("expected connection.update-secret-ok, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn shutdown_sends_connection_forced_320() {
+    let mut b = start_broker().await;
+    let mut r = Raw::open(b.addr()).await;
+    r.open_channel(1).await;
+    let (_, close) = within("shutdown", async {
+        tokio::join!(b.stop(), r.expect_connection_close())
+    })
+    .await;
+    assert_eq!(close, (320, 0, 0));
+    // After close-ok the socket ends.
+    assert!(r.read_to_close().await.is_empty());
+}
