@@ -574,10 +574,10 @@ fn validate_queue_arguments(a: &FieldTable) -> AmqpResult<()> {
                 Some(_) => return Err(bad(k, "must be between 0 and 255")),
                 None => return Err(bad(k, "must be an integer")),
             },
-            "x-dead-letter-exchange" | "x-dead-letter-routing-key" => {
-                if args::str_value(v).is_none() {
-                    return Err(bad(k, "must be a string"));
-                }
+            "x-dead-letter-exchange" | "x-dead-letter-routing-key"
+                if args::str_value(v).is_none() =>
+            {
+                return Err(bad(k, "must be a string"));
             }
             "x-overflow" => match args::str_value(v).as_deref() {
                 Some("drop-head" | "reject-publish" | "reject-publish-dlx") => {}
@@ -600,10 +600,8 @@ fn validate_queue_arguments(a: &FieldTable) -> AmqpResult<()> {
                 }
                 None => return Err(bad(k, "must be a string")),
             },
-            "x-single-active-consumer" => {
-                if !matches!(v, AMQPValue::Boolean(_)) {
-                    return Err(bad(k, "must be a boolean"));
-                }
+            "x-single-active-consumer" if !matches!(v, AMQPValue::Boolean(_)) => {
+                return Err(bad(k, "must be a boolean"));
             }
             _ => {}
         }

@@ -42,7 +42,7 @@ enum Content {
     AwaitingHeader(PendingPublish),
     AwaitingBody {
         publish: PendingPublish,
-        properties: BasicProperties,
+        properties: Box<BasicProperties>,
         raw_properties: Bytes,
         expected: u64,
         body: BytesMut,
@@ -181,7 +181,7 @@ impl Channel {
         ctx: &ChannelCtx<'_>,
         class_id: u16,
         body_size: u64,
-        properties: BasicProperties,
+        properties: Box<BasicProperties>,
         raw_properties: Bytes,
         max_size: u64,
     ) -> AmqpResult<()> {
@@ -205,7 +205,7 @@ impl Channel {
             .at(60, 40));
         }
         if body_size == 0 {
-            return self.publish(ctx, publish, properties, raw_properties, Bytes::new());
+            return self.publish(ctx, publish, *properties, raw_properties, Bytes::new());
         }
         self.content = Content::AwaitingBody {
             publish,
@@ -254,7 +254,7 @@ impl Channel {
             return Err(AmqpError::internal("content state changed"));
         };
         let body = if single { payload } else { body.freeze() };
-        self.publish(ctx, publish, properties, raw_properties, body)
+        self.publish(ctx, publish, *properties, raw_properties, body)
     }
 
     /// Send the batched publisher-confirm ack, if any publishes are unreported.

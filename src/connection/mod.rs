@@ -260,7 +260,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                         conn: &self.shared,
                         user: &self.user,
                     };
-                    ch.on_header(&ctx, class_id, body_size, *properties, raw_properties, max)
+                    ch.on_header(&ctx, class_id, body_size, properties, raw_properties, max)
                 };
                 self.channel_result(channel, res)
             }

@@ -214,7 +214,7 @@ fn parse_method(channel: u16, payload: &[u8], limits: ReadLimits) -> Result<InFr
         }
     }
     match amq_protocol::protocol::parse_class(payload) {
-        Ok((rest, method)) if rest.is_empty() => Ok(InFrame::Method {
+        Ok((&[], method)) => Ok(InFrame::Method {
             channel,
             class_id,
             method_id,
@@ -248,7 +248,7 @@ fn parse_header(channel: u16, payload: Bytes, limits: ReadLimits) -> Result<InFr
         }
     }
     match amq_protocol::frame::parsing::parse_content_header(&payload[..]) {
-        Ok((rest, header)) if rest.is_empty() => Ok(InFrame::Header {
+        Ok((&[], header)) => Ok(InFrame::Header {
             channel,
             class_id: header.class_id,
             body_size: header.body_size,

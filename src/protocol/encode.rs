@@ -204,7 +204,7 @@ mod tests {
                     }
                     other => panic!("{other:?}"),
                 }
-                let _ = bytes::Buf::advance(&mut buf, 8 + size);
+                bytes::Buf::advance(&mut buf, 8 + size);
             } else {
                 match read_frame(&mut buf, limits).unwrap().unwrap() {
                     InFrame::Header {
