@@ -42,6 +42,9 @@ pub struct Config {
     pub store_cache_bytes: u64,
     /// Outbound bytes buffered per connection before its consumers are paused.
     pub outbound_high_watermark: usize,
+    /// Default consumer ack timeout in ms (0 = none); queues (`x-consumer-timeout`) and
+    /// consumers (consume argument of the same name) may override it.
+    pub consumer_timeout: u64,
 }
 
 impl Default for Config {
@@ -64,6 +67,7 @@ impl Default for Config {
             max_consumers_per_channel: 65_536,
             store_cache_bytes: 256 * 1024 * 1024,
             outbound_high_watermark: 1024 * 1024,
+            consumer_timeout: 1_800_000,
         }
     }
 }

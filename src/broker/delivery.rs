@@ -22,6 +22,8 @@ pub struct Unacked {
     pub msg: QueuedMessage,
     /// None for basic.get deliveries.
     pub consumer: Option<Arc<Consumer>>,
+    /// When it was sent, for the consumer ack timeout.
+    pub delivered_at: tokio::time::Instant,
 }
 
 pub struct Deliveries {
@@ -108,6 +110,51 @@ impl ChannelShared {
         taken
     }
 
+    /// Take every unacked delivery of one consumer (its ack timeout fired).
+    pub fn take_consumer(&self, consumer: &Arc<Consumer>) -> Vec<Unacked> {
+        let mut d = self.deliveries.lock();
+        let tags: Vec<u64> = d
+            .unacked
+            .iter()
+            .filter(|(_, u)| {
+                u.consumer
+                    .as_ref()
+                    .is_some_and(|c| Arc::ptr_eq(c, consumer))
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        let taken: Vec<Unacked> = tags.iter().filter_map(|t| d.unacked.remove(t)).collect();
+        drop(d);
+        for u in &taken {
+            self.release_credit(u);
+        }
+        taken
+    }
+
+    /// Consumers with a delivery unacked for longer than their timeout, oldest first.
+    /// Deliveries are kept in tag order, which is delivery order, so the scan stops at the
+    /// first delivery younger than the shortest timeout.
+    pub fn timed_out_consumers(
+        &self,
+        now: tokio::time::Instant,
+        shortest: std::time::Duration,
+    ) -> Vec<Arc<Consumer>> {
+        let d = self.deliveries.lock();
+        let mut out: Vec<Arc<Consumer>> = Vec::new();
+        for u in d.unacked.values() {
+            let age = now.saturating_duration_since(u.delivered_at);
+            if age < shortest {
+                break;
+            }
+            if let Some(c) = &u.consumer {
+                if c.timeout.is_some_and(|t| age >= t) && !out.iter().any(|x| Arc::ptr_eq(x, c)) {
+                    out.push(c.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// Put taken entries back as unacked (a rolled-back transaction's acks).
     pub fn restore(&self, entries: Vec<Unacked>) {
         let mut d = self.deliveries.lock();
@@ -158,6 +205,7 @@ impl ChannelShared {
                     queue: queue.clone(),
                     msg: qm,
                     consumer: None,
+                    delivered_at: tokio::time::Instant::now(),
                 },
             );
         }
@@ -178,6 +226,8 @@ pub struct Consumer {
     /// False once cancelled (by the client or because its queue went away).
     pub active: AtomicBool,
     pub arguments: crate::protocol::FieldTable,
+    /// Ack timeout for its deliveries (None = no limit).
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Why a consumer cannot take a message right now.
@@ -238,6 +288,7 @@ impl Consumer {
                     queue: queue.clone(),
                     msg: qm,
                     consumer: Some(self.clone()),
+                    delivered_at: tokio::time::Instant::now(),
                 },
             );
         }

@@ -16,6 +16,20 @@ pub struct Message {
     /// re-encoded per consumer.
     pub raw_properties: Bytes,
     pub body: Bytes,
+    /// Per-message TTL from the `expiration` property, in ms (validated at publish).
+    pub expiration_ms: Option<u64>,
+}
+
+/// Parse the `expiration` property: a non-negative decimal number of milliseconds.
+pub fn parse_expiration(props: &BasicProperties) -> Result<Option<u64>, String> {
+    match props.expiration() {
+        None => Ok(None),
+        Some(s) => s
+            .as_str()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| format!("invalid expiration '{}'", s.as_str())),
+    }
 }
 
 impl Message {
@@ -27,12 +41,14 @@ impl Message {
         raw_properties: Bytes,
         body: Bytes,
     ) -> Arc<Self> {
+        let expiration_ms = parse_expiration(&properties).ok().flatten();
         Arc::new(Message {
             exchange,
             routing_key,
             properties,
             raw_properties,
             body,
+            expiration_ms,
         })
     }
 
@@ -44,13 +60,20 @@ impl Message {
         body: Bytes,
     ) -> Arc<Self> {
         let raw_properties = encode::properties(&properties);
+        let expiration_ms = parse_expiration(&properties).ok().flatten();
         Arc::new(Message {
             exchange,
             routing_key,
             properties,
             raw_properties,
             body,
+            expiration_ms,
         })
+    }
+
+    /// The priority property (missing = 0).
+    pub fn priority(&self) -> u8 {
+        self.properties.priority().unwrap_or(0)
     }
 
     pub fn is_persistent(&self) -> bool {
@@ -75,4 +98,9 @@ pub struct QueuedMessage {
     pub msg: Arc<Message>,
     /// Delivered before (and not acked): the redelivered flag.
     pub redelivered: bool,
+    /// When it expires (the smaller of queue TTL and per-message expiration), kept across
+    /// requeues.
+    pub deadline: Option<tokio::time::Instant>,
+    /// How many times it was delivered and returned (for x-delivery-limit).
+    pub delivery_count: u32,
 }

@@ -2,6 +2,7 @@
 //! connections.
 
 pub mod args;
+pub mod dead_letter;
 pub mod delivery;
 pub mod exchange;
 pub mod message;
@@ -44,7 +45,8 @@ impl Broker {
         };
         let vhost = VHost::new("/", Some(store.clone()));
         let rec = store.recover("/")?;
-        let (nx, nq, nb) = (rec.exchanges.len(), rec.queues.len(), rec.bindings.len());
+        let (nx, nq) = (rec.exchanges.len(), rec.queues.len());
+        let nb = rec.bindings.len() + rec.exchange_bindings.len();
         for spec in rec.exchanges {
             vhost
                 .exchanges
@@ -53,12 +55,19 @@ impl Broker {
         for spec in rec.queues {
             vhost
                 .queues
-                .insert(spec.name.clone(), queue::Queue::new(spec, "/".to_string()));
+                .insert(spec.name.clone(), queue::Queue::new(spec, &vhost));
         }
         for b in rec.bindings {
             if let Err(e) = vhost.bind_queue(&b.queue, &b.exchange, &b.routing_key, b.arguments, 0)
             {
                 tracing::warn!(exchange = %b.exchange, queue = %b.queue, "binding not recovered: {e}");
+            }
+        }
+        for b in rec.exchange_bindings {
+            if let Err(e) =
+                vhost.bind_exchange(&b.destination, &b.source, &b.routing_key, b.arguments)
+            {
+                tracing::warn!(source = %b.source, destination = %b.destination, "exchange binding not recovered: {e}");
             }
         }
         tracing::info!(

@@ -3,7 +3,6 @@
 
 use super::args::{self, EXCHANGE_EQUIVALENCE_KEYS, QUEUE_EQUIVALENCE_KEYS};
 use super::exchange::{Binding, Destination, Exchange, ExchangeSpec, ExchangeType};
-use super::message::Message;
 use super::queue::{InboundBinding, Queue, QueueSpec};
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::{AMQPValue, FieldTable};
@@ -191,21 +190,32 @@ impl VHost {
     fn remove_exchange(&self, ex: &Arc<Exchange>) {
         ex.mark_deleted();
         self.exchanges.remove(ex.name());
-        // Bindings from other exchanges to this one go with it.
+        // Bindings from other exchanges to this one go with it (and a source left with
+        // none goes too if it is auto-delete, as in RabbitMQ).
         let me = Destination::Exchange(ex.name().to_string());
-        let sources: Vec<Arc<Exchange>> = self.exchanges.iter().map(|e| e.clone()).collect();
-        for src in sources {
+        for name in ex.e2e_sources() {
+            let Some(src) = self.exchanges.get(&name).map(|e| e.clone()) else {
+                continue;
+            };
             for b in src.bindings().into_iter().filter(|b| b.destination == me) {
-                src.unbind(&b);
+                if src.unbind(&b) {
+                    self.forget_binding(&src, &b);
+                }
             }
+            self.maybe_auto_delete_exchange(&src);
         }
         for b in ex.bindings() {
-            if let Destination::Queue(q) = &b.destination {
-                q.remove_binding(&InboundBinding {
+            match &b.destination {
+                Destination::Queue(q) => q.remove_binding(&InboundBinding {
                     exchange: ex.name().to_string(),
                     routing_key: b.routing_key.clone(),
                     arguments: b.arguments.clone(),
-                });
+                }),
+                Destination::Exchange(d) => {
+                    if let Some(dx) = self.exchanges.get(d) {
+                        dx.remove_e2e_source(ex.name());
+                    }
+                }
             }
             self.forget_binding(ex, &b);
         }
@@ -217,7 +227,11 @@ impl VHost {
     }
 
     /// Declare (or passively check) a queue. Returns the queue and whether it was created.
-    pub fn declare_queue(&self, d: QueueDeclare, conn_id: u64) -> AmqpResult<(Arc<Queue>, bool)> {
+    pub fn declare_queue(
+        self: &Arc<Self>,
+        d: QueueDeclare,
+        conn_id: u64,
+    ) -> AmqpResult<(Arc<Queue>, bool)> {
         if d.passive {
             return self.queue(&d.name, conn_id).map(|q| (q, false));
         }
@@ -260,10 +274,11 @@ impl VHost {
                         describe_queue_field(old, field)
                     )));
                 }
+                q.touch();
                 Ok((q, false))
             }
             dashmap::mapref::entry::Entry::Vacant(v) => {
-                let q = Queue::new(spec, self.name.clone());
+                let q = Queue::new(spec, self);
                 v.insert(q.clone());
                 if q.spec.durable && q.spec.exclusive_owner.is_none() {
                     if let Some(store) = &self.store {
@@ -337,8 +352,14 @@ impl VHost {
     }
 
     fn forget_binding(&self, ex: &Exchange, b: &Binding) {
-        if let (Some(store), Destination::Queue(q)) = (&self.store, &b.destination) {
-            if ex.spec.durable && q.spec.durable {
+        let Some(store) = &self.store else {
+            return;
+        };
+        if !ex.spec.durable {
+            return;
+        }
+        match &b.destination {
+            Destination::Queue(q) if q.spec.durable => {
                 store.remove_binding(
                     &self.name,
                     ex.name(),
@@ -347,6 +368,15 @@ impl VHost {
                     &b.arguments,
                 );
             }
+            // The destination may be gone already; removing a missing record is a no-op.
+            Destination::Exchange(d) => store.remove_exchange_binding(
+                &self.name,
+                ex.name(),
+                d,
+                &b.routing_key,
+                &b.arguments,
+            ),
+            Destination::Queue(_) => {}
         }
     }
 
@@ -428,40 +458,6 @@ impl VHost {
         Ok(())
     }
 
-    /// The shared routing step: which queues does `msg`, published to `exchange`, reach?
-    /// Follows exchange-to-exchange bindings (each exchange visited once, so cycles end);
-    /// each queue appears once however many paths reach it.
-    pub fn route(&self, exchange: &Arc<Exchange>, msg: &Message, out: &mut Vec<Arc<Queue>>) {
-        if exchange.name().is_empty() {
-            if let Some(q) = self.queues.get(&msg.routing_key) {
-                out.push(q.clone());
-            }
-            return;
-        }
-        let headers = msg.properties.headers().as_ref();
-        let mut dests = Vec::new();
-        exchange.route(&msg.routing_key, headers, &mut dests);
-        let mut visited: Vec<String> = Vec::new();
-        while let Some(d) = dests.pop() {
-            match d {
-                Destination::Queue(q) => {
-                    if !out.iter().any(|x| Arc::ptr_eq(x, &q)) {
-                        out.push(q);
-                    }
-                }
-                Destination::Exchange(name) => {
-                    if name == exchange.name() || visited.contains(&name) {
-                        continue;
-                    }
-                    if let Some(next) = self.exchanges.get(&name).map(|e| e.clone()) {
-                        next.route(&msg.routing_key, headers, &mut dests);
-                    }
-                    visited.push(name);
-                }
-            }
-        }
-    }
-
     /// exchange.bind: messages reaching `source` also go through `destination`.
     pub fn bind_exchange(
         &self,
@@ -476,12 +472,26 @@ impl VHost {
             ));
         }
         let src = self.exchange(source)?;
-        self.exchange(destination)?;
-        src.bind(Binding {
+        let dst = self.exchange(destination)?;
+        let added = src.bind(Binding {
             destination: Destination::Exchange(destination.to_string()),
             routing_key: routing_key.to_string(),
-            arguments,
+            arguments: arguments.clone(),
         })?;
+        if added {
+            dst.add_e2e_source(source);
+            if src.spec.durable && dst.spec.durable {
+                if let Some(store) = &self.store {
+                    store.save_exchange_binding(
+                        &self.name,
+                        source,
+                        destination,
+                        routing_key,
+                        &arguments,
+                    );
+                }
+            }
+        }
         Ok(())
     }
 
@@ -498,11 +508,16 @@ impl VHost {
             ));
         }
         if let Some(src) = self.exchanges.get(source).map(|e| e.clone()) {
-            if src.unbind(&Binding {
+            let b = Binding {
                 destination: Destination::Exchange(destination.to_string()),
                 routing_key: routing_key.to_string(),
                 arguments,
-            }) {
+            };
+            if src.unbind(&b) {
+                if let Some(dst) = self.exchanges.get(destination) {
+                    dst.remove_e2e_source(source);
+                }
+                self.forget_binding(&src, &b);
                 self.maybe_auto_delete_exchange(&src);
             }
         }

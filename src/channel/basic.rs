@@ -6,7 +6,8 @@ use super::{
 };
 use crate::broker::args;
 use crate::broker::delivery::{Consumer, Unacked};
-use crate::broker::message::Message;
+use crate::broker::message::{parse_expiration, Message, QueuedMessage};
+use crate::broker::queue::{Enqueued, Queue};
 use crate::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::protocol::{encode, short, AMQPClass, BasicProperties};
 use amq_protocol::protocol::basic::{self as b, AMQPMethod};
@@ -150,7 +151,22 @@ impl Channel {
                     AmqpError::precondition("invalid arg 'x-priority': must be an integer")
                 })?,
         };
+        let timeout_ms = match args::get(&c.arguments, "x-consumer-timeout") {
+            Some(v) => match args::int_value(v) {
+                Some(ms) if ms >= 0 => ms as u64,
+                _ => {
+                    return Err(AmqpError::precondition(
+                        "invalid arg 'x-consumer-timeout': must be a non-negative integer",
+                    ))
+                }
+            },
+            None => queue
+                .args
+                .consumer_timeout
+                .unwrap_or(ctx.broker.config.consumer_timeout),
+        };
         let consumer = Arc::new(Consumer {
+            timeout: (timeout_ms > 0).then(|| std::time::Duration::from_millis(timeout_ms)),
             tag: tag.clone(),
             channel: self.shared.clone(),
             no_ack: c.no_ack,
@@ -205,6 +221,7 @@ impl Channel {
                 .at(60, 40));
             }
         }
+        parse_expiration(&properties).map_err(|e| AmqpError::precondition(e).at(60, 40))?;
         let msg = Message::from_wire(
             publish.exchange.clone(),
             publish.routing_key.clone(),
@@ -216,27 +233,50 @@ impl Channel {
             publishes.push(TxPublish { publish, msg });
             return Ok(());
         }
-        self.route_and_deliver(ctx, &exchange, &publish, msg);
+        let rejected = self.route_and_deliver(ctx, &exchange, &publish, msg);
         if let Mode::Confirm(c) = &mut self.mode {
             c.last_seq += 1;
+            if rejected {
+                // Everything before it is settled: ack that, then nack this one.
+                let seq = c.last_seq;
+                c.last_seq -= 1;
+                self.flush_confirms();
+                if let Mode::Confirm(c) = &mut self.mode {
+                    c.last_seq = seq;
+                    c.reported = seq;
+                }
+                let id = self.id();
+                ctx.conn
+                    .out
+                    .write(|buf| encode::confirm_nack(buf, id, seq, false));
+            }
         }
         Ok(())
     }
 
-    /// Route a message to its queues; return it to the publisher if mandatory and unroutable.
+    /// Route a message to its queues; return it to the publisher if mandatory and
+    /// unroutable. True if a queue refused it (overflow reject-publish): a confirm nack.
     pub(super) fn route_and_deliver(
         &mut self,
         ctx: &ChannelCtx<'_>,
         exchange: &Arc<crate::broker::exchange::Exchange>,
         publish: &PendingPublish,
-        msg: Arc<Message>,
-    ) {
+        mut msg: Arc<Message>,
+    ) -> bool {
         // The routing result buffer is reused across publishes to avoid an allocation each.
         let mut queues = std::mem::take(&mut self.route_buf);
-        ctx.vhost.route(exchange, &msg, &mut queues);
+        ctx.vhost.route_publish(exchange, &mut msg, &mut queues);
         let mut delivered = false;
+        let mut rejected = false;
         for q in queues.drain(..) {
-            delivered |= q.publish(msg.clone());
+            match q.publish(msg.clone()) {
+                Enqueued::Accepted => delivered = true,
+                Enqueued::Rejected => {
+                    delivered = true;
+                    rejected = true;
+                }
+                Enqueued::Gone => {}
+            }
         }
         self.route_buf = queues;
         if !delivered && publish.mandatory {
@@ -252,15 +292,26 @@ impl Channel {
                 )
             });
         }
+        rejected
     }
 }
 
-/// Ack (reject = None), or nack/reject with requeue or drop.
+/// Ack (reject = None), or nack/reject with requeue, or without (dead-letter or drop).
 pub(super) fn apply_settle(taken: Vec<Unacked>, reject: Option<bool>) {
     match reject {
         Some(true) => requeue_grouped(taken),
-        // Acked, or rejected without requeue: the message is done here (dead-lettering
-        // hooks in at this point).
-        _ => drop(taken),
+        Some(false) => {
+            let mut groups: Vec<(Arc<Queue>, Vec<QueuedMessage>)> = Vec::new();
+            for u in taken {
+                match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+                    Some((_, msgs)) => msgs.push(u.msg),
+                    None => groups.push((u.queue, vec![u.msg])),
+                }
+            }
+            for (q, msgs) in groups {
+                q.reject(msgs);
+            }
+        }
+        None => drop(taken),
     }
 }

@@ -68,7 +68,7 @@ impl Channel {
                 for p in publishes {
                     // An exchange deleted since the publish drops the message, as RabbitMQ does.
                     if let Ok(exchange) = ctx.vhost.exchange(&p.publish.exchange) {
-                        self.route_and_deliver(ctx, &exchange, &p.publish, p.msg);
+                        let _rejected = self.route_and_deliver(ctx, &exchange, &p.publish, p.msg);
                     }
                 }
                 for a in acks {

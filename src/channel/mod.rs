@@ -283,6 +283,49 @@ impl Channel {
         }
     }
 
+    /// The shortest ack timeout among this channel's consumers.
+    pub fn shortest_ack_timeout(&self) -> Option<std::time::Duration> {
+        self.consumers.values().filter_map(|(c, _)| c.timeout).min()
+    }
+
+    /// Enforce consumer ack timeouts: consumers of clients that understand
+    /// consumer_cancel_notify are cancelled and their deliveries requeued; otherwise the
+    /// channel is closed with 406, as RabbitMQ does.
+    pub fn check_ack_timeouts(
+        &mut self,
+        conn: &ConnShared,
+        vhost: &VHost,
+        now: tokio::time::Instant,
+    ) -> AmqpResult<()> {
+        let Some(shortest) = self.shortest_ack_timeout() else {
+            return Ok(());
+        };
+        let late = self.shared.timed_out_consumers(now, shortest);
+        let Some(first) = late.first() else {
+            return Ok(());
+        };
+        if !conn.caps.consumer_cancel_notify.load(Ordering::Relaxed) {
+            let ms = first.timeout.map(|t| t.as_millis()).unwrap_or(0);
+            return Err(AmqpError::precondition(format!(
+                "delivery acknowledgement on channel {} timed out. Timeout value used: {ms} ms. \
+                 This timeout value can be configured, see consumers doc guide to learn more",
+                self.id()
+            )));
+        }
+        for c in late {
+            tracing::info!(channel = self.id(), consumer = %c.tag, "ack timeout: cancelling consumer");
+            if let Some((consumer, q)) = self.consumers.remove(&c.tag) {
+                if q.remove_consumer(&consumer) {
+                    vhost.remove_queue(&q);
+                }
+            }
+            conn.notify_consumer_cancelled(self.id(), &c.tag);
+            requeue_grouped(self.shared.take_consumer(&c));
+        }
+        self.dispatch_consumed_queues();
+        Ok(())
+    }
+
     /// A soft error: send channel.close and ignore everything until close-ok.
     pub fn close_on_error(&mut self, conn: &ConnShared, vhost: &VHost, e: &AmqpError) {
         self.closing = true;

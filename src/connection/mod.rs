@@ -199,6 +199,13 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 ch.flush_confirms();
             }
             self.shared.out.room().await;
+            // Ack timeouts are checked at a quarter of the shortest one in use.
+            let tick = self
+                .channels
+                .values()
+                .filter_map(|c| c.shortest_ack_timeout())
+                .min()
+                .map(|t| (t / 4).clamp(Duration::from_millis(10), Duration::from_secs(5)));
             tokio::select! {
                 r = self.fill() => match r {
                     Ok(true) => {}
@@ -206,8 +213,29 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     Err(e) => return Exit::Error(e),
                 },
                 _ = shutdown.changed() => return Exit::Shutdown,
+                _ = tokio::time::sleep(tick.unwrap_or(Duration::MAX)), if tick.is_some() => {
+                    if let Err(e) = self.check_ack_timeouts() {
+                        return Exit::Error(e);
+                    }
+                }
             }
         }
+    }
+
+    fn check_ack_timeouts(&mut self) -> Result<(), AmqpError> {
+        let Some(vhost) = self.vhost.clone() else {
+            return Ok(());
+        };
+        let now = tokio::time::Instant::now();
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            let res = match self.channels.get_mut(&id) {
+                Some(ch) if !ch.is_closing() => ch.check_ack_timeouts(&self.shared, &vhost, now),
+                _ => Ok(()),
+            };
+            self.channel_result(id, res)?;
+        }
+        Ok(())
     }
 
     /// Ok(false) when the client closed the connection.

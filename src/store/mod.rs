@@ -1,5 +1,6 @@
-//! Durable state in sled: definitions (exchanges, queues, bindings) written when declared and
-//! recovered at start. The data dir carries a format version so a newer layout is refused.
+//! Durable state in sled: definitions (exchanges, queues, queue and exchange-to-exchange
+//! bindings) written when declared and recovered at start. The data dir carries a format
+//! version so a newer layout is refused.
 
 use crate::broker::exchange::{ExchangeSpec, ExchangeType};
 use crate::broker::queue::QueueSpec;
@@ -47,12 +48,22 @@ pub struct BindingRecord {
     pub arguments: FieldTable,
 }
 
+/// An exchange-to-exchange binding (stored when both exchanges are durable).
+#[derive(Serialize, Deserialize)]
+pub struct ExchangeBindingRecord {
+    pub source: String,
+    pub destination: String,
+    pub routing_key: String,
+    pub arguments: FieldTable,
+}
+
 /// Everything recovered from disk for one vhost.
 #[derive(Default)]
 pub struct Recovered {
     pub exchanges: Vec<ExchangeSpec>,
     pub queues: Vec<QueueSpec>,
     pub bindings: Vec<BindingRecord>,
+    pub exchange_bindings: Vec<ExchangeBindingRecord>,
 }
 
 pub struct Store {
@@ -174,10 +185,56 @@ impl Store {
         self.del(Self::binding_key(vhost, exchange, queue, rk, args));
     }
 
+    fn exchange_binding_key(
+        vhost: &str,
+        source: &str,
+        destination: &str,
+        rk: &str,
+        args: &FieldTable,
+    ) -> Vec<u8> {
+        let args = serde_json::to_string(args).unwrap_or_default();
+        key(&["e", vhost, source, destination, rk, &args])
+    }
+
+    pub fn save_exchange_binding(
+        &self,
+        vhost: &str,
+        source: &str,
+        destination: &str,
+        rk: &str,
+        args: &FieldTable,
+    ) {
+        let rec = ExchangeBindingRecord {
+            source: source.to_string(),
+            destination: destination.to_string(),
+            routing_key: rk.to_string(),
+            arguments: args.clone(),
+        };
+        let k = Self::exchange_binding_key(vhost, source, destination, rk, args);
+        self.put(k, &rec);
+    }
+
+    pub fn remove_exchange_binding(
+        &self,
+        vhost: &str,
+        source: &str,
+        destination: &str,
+        rk: &str,
+        args: &FieldTable,
+    ) {
+        self.del(Self::exchange_binding_key(
+            vhost,
+            source,
+            destination,
+            rk,
+            args,
+        ));
+    }
+
     /// Read every definition stored for `vhost`.
     pub fn recover(&self, vhost: &str) -> Result<Recovered, StoreError> {
         let mut out = Recovered::default();
-        for kind in ["x", "q", "b"] {
+        for kind in ["x", "q", "b", "e"] {
             let mut prefix = key(&[kind, vhost]);
             prefix.push(0);
             for item in self.defs.scan_prefix(&prefix) {
@@ -212,10 +269,15 @@ impl Store {
                             arguments: r.arguments,
                         });
                     }
-                    _ => {
+                    "b" => {
                         let r: BindingRecord =
                             serde_json::from_slice(&v).map_err(|e| corrupt(e.to_string()))?;
                         out.bindings.push(r);
+                    }
+                    _ => {
+                        let r: ExchangeBindingRecord =
+                            serde_json::from_slice(&v).map_err(|e| corrupt(e.to_string()))?;
+                        out.exchange_bindings.push(r);
                     }
                 }
             }

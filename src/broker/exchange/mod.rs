@@ -1,17 +1,23 @@
 //! Exchanges: the declaration, the bindings, and per type a matcher that answers "which
 //! destinations does this message reach". Extras that apply to every type (default
-//! exchange, and later e2e bindings, alternate exchanges, CC/BCC) live in the shared routing
-//! step in `vhost.rs`, not here.
+//! exchange, e2e bindings, alternate exchanges, CC/BCC) live in the shared routing step in
+//! `vhost.rs`, not here.
 
 mod direct;
 mod fanout;
+mod fxhash;
 mod headers;
+mod route;
 mod topic;
+
+pub use headers::header_eq;
+pub use route::sender_selected_keys;
+pub use topic::{topic_matches, words as topic_words};
 
 use super::queue::Queue;
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::FieldTable;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -43,6 +49,12 @@ impl ExchangeType {
             Self::Topic => "topic",
             Self::Headers => "headers",
         }
+    }
+
+    /// Does the routing key take part in matching? (Fanout and headers ignore it, so
+    /// extra CC/BCC keys cannot change where a message goes.)
+    pub fn uses_routing_key(self) -> bool {
+        matches!(self, Self::Direct | Self::Topic)
     }
 }
 
@@ -104,7 +116,12 @@ pub struct ExchangeSpec {
 
 pub struct Exchange {
     pub spec: ExchangeSpec,
+    /// The `alternate-exchange` argument, read once at declaration.
+    alternate: Option<String>,
     matcher: RwLock<Box<dyn Matcher>>,
+    /// Sources of exchange-to-exchange bindings that lead here, one entry per binding, so
+    /// deleting this exchange finds them without scanning every exchange.
+    e2e_sources: Mutex<Vec<String>>,
     deleted: AtomicBool,
 }
 
@@ -116,11 +133,42 @@ impl Exchange {
             ExchangeType::Topic => Box::<topic::TopicMatcher>::default(),
             ExchangeType::Headers => Box::<headers::HeadersMatcher>::default(),
         };
+        let alternate = spec
+            .arguments
+            .inner()
+            .get("alternate-exchange")
+            .and_then(super::args::str_value);
         Arc::new(Exchange {
             spec,
+            alternate,
             matcher: RwLock::new(matcher),
+            e2e_sources: Mutex::new(Vec::new()),
             deleted: AtomicBool::new(false),
         })
+    }
+
+    /// The alternate exchange unroutable messages go to, if any.
+    pub fn alternate(&self) -> Option<&str> {
+        self.alternate.as_deref()
+    }
+
+    pub(in crate::broker) fn add_e2e_source(&self, source: &str) {
+        self.e2e_sources.lock().push(source.to_string());
+    }
+
+    pub(in crate::broker) fn remove_e2e_source(&self, source: &str) {
+        let mut v = self.e2e_sources.lock();
+        if let Some(p) = v.iter().position(|s| s == source) {
+            v.swap_remove(p);
+        }
+    }
+
+    /// Distinct exchanges that have bindings to this one.
+    pub(in crate::broker) fn e2e_sources(&self) -> Vec<String> {
+        let mut v = self.e2e_sources.lock().clone();
+        v.sort();
+        v.dedup();
+        v
     }
 
     pub fn name(&self) -> &str {
@@ -158,5 +206,23 @@ impl Exchange {
         out: &mut Vec<Destination>,
     ) {
         self.matcher.read().route(routing_key, headers, out)
+    }
+
+    /// Route with the routing key and extra (CC/BCC) keys under one read lock; types that
+    /// ignore the key are asked once.
+    pub fn route_keys(
+        &self,
+        routing_key: &str,
+        extra: &[&str],
+        headers: Option<&FieldTable>,
+        out: &mut Vec<Destination>,
+    ) {
+        let m = self.matcher.read();
+        m.route(routing_key, headers, out);
+        if self.spec.kind.uses_routing_key() {
+            for k in extra {
+                m.route(k, headers, out);
+            }
+        }
     }
 }

@@ -1,0 +1,222 @@
+//! The shared routing step every message goes through, whatever the exchange type:
+//! the default exchange, sender-selected distribution (`CC`/`BCC` headers),
+//! exchange-to-exchange bindings and alternate exchanges. Matchers only answer "which
+//! destinations does this key reach in this exchange"; everything here is done once.
+//!
+//! As in RabbitMQ: the exchanges reached form a work list, each visited at most once (so
+//! e2e cycles and alternate-exchange loops end); an exchange whose own bindings match
+//! nothing (for all the message's keys) hands the message to its `alternate-exchange`;
+//! a missing destination or alternate exchange is skipped; every queue gets one copy.
+
+use super::{Destination, Exchange};
+use crate::broker::message::Message;
+use crate::broker::queue::Queue;
+use crate::broker::vhost::VHost;
+use crate::protocol::{AMQPValue, FieldTable};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// Routing keys longer than a shortstr can hold. A binding key is a shortstr, so such a
+/// `CC`/`BCC` entry could only ever match wildcard topic patterns; it is ignored.
+const MAX_KEY_LEN: usize = 255;
+
+/// The extra routing keys of a sender-selected message: `CC` then `BCC`, each an array of
+/// longstr. Other element types, keys over 255 bytes and non-UTF-8 keys are ignored, as is
+/// a header of another type than array.
+pub fn sender_selected_keys(headers: Option<&FieldTable>) -> Vec<&str> {
+    let mut keys = Vec::new();
+    let Some(h) = headers else {
+        return keys;
+    };
+    for name in ["CC", "BCC"] {
+        if let Some(AMQPValue::FieldArray(a)) = h.inner().get(name) {
+            for v in a.as_slice() {
+                if let AMQPValue::LongString(s) = v {
+                    match std::str::from_utf8(s.as_bytes()) {
+                        Ok(k) if k.len() <= MAX_KEY_LEN => keys.push(k),
+                        _ => tracing::debug!(header = name, "ignoring an unusable routing key"),
+                    }
+                }
+            }
+        }
+    }
+    keys
+}
+
+/// The same message without its `BCC` header (properties re-encoded), or None if it has
+/// none.
+fn without_bcc(msg: &Message) -> Option<Arc<Message>> {
+    let headers = msg.properties.headers().as_ref()?;
+    if !headers.contains_key("BCC") {
+        return None;
+    }
+    let kept: FieldTable = headers
+        .inner()
+        .iter()
+        .filter(|(k, _)| k.as_str() != "BCC")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into();
+    let properties = msg.properties.clone().with_headers(kept);
+    Some(Message::new(
+        msg.exchange.clone(),
+        msg.routing_key.clone(),
+        properties,
+        msg.body.clone(),
+    ))
+}
+
+/// Collects queues without duplicates: a linear check while few, a set past that.
+struct Found<'a> {
+    out: &'a mut Vec<Arc<Queue>>,
+    start: usize,
+    set: Option<HashSet<usize>>,
+}
+
+impl Found<'_> {
+    const LINEAR: usize = 16;
+
+    fn push(&mut self, q: Arc<Queue>) {
+        let key = Arc::as_ptr(&q) as usize;
+        let mine = &self.out[self.start..];
+        let seen = match &mut self.set {
+            Some(set) => !set.insert(key),
+            None if mine.len() < Self::LINEAR => mine.iter().any(|x| Arc::ptr_eq(x, &q)),
+            None => {
+                let mut set: HashSet<usize> =
+                    mine.iter().map(|x| Arc::as_ptr(x) as usize).collect();
+                let seen = !set.insert(key);
+                self.set = Some(set);
+                seen
+            }
+        };
+        if !seen {
+            self.out.push(q);
+        }
+    }
+}
+
+impl VHost {
+    /// Route a message as published: a `BCC` header is removed first (`msg` is replaced by
+    /// a copy without it, which is what queues, consumers and `basic.return` see), and its
+    /// keys are still used for routing.
+    pub fn route_publish(
+        &self,
+        exchange: &Arc<Exchange>,
+        msg: &mut Arc<Message>,
+        out: &mut Vec<Arc<Queue>>,
+    ) {
+        let original = match without_bcc(msg) {
+            Some(stripped) => std::mem::replace(msg, stripped),
+            None => msg.clone(),
+        };
+        let headers = original.properties.headers().as_ref();
+        let extra = sender_selected_keys(headers);
+        self.route_keys(exchange, &original.routing_key, &extra, headers, out);
+    }
+
+    /// Which queues does `msg`, published to `exchange`, reach? Uses its routing key plus
+    /// any `CC`/`BCC` keys in its headers; the message itself is not changed.
+    pub fn route(&self, exchange: &Arc<Exchange>, msg: &Message, out: &mut Vec<Arc<Queue>>) {
+        let headers = msg.properties.headers().as_ref();
+        let extra = sender_selected_keys(headers);
+        self.route_keys(exchange, &msg.routing_key, &extra, headers, out);
+    }
+
+    fn route_keys(
+        &self,
+        exchange: &Arc<Exchange>,
+        routing_key: &str,
+        extra: &[&str],
+        headers: Option<&FieldTable>,
+        out: &mut Vec<Arc<Queue>>,
+    ) {
+        let mut found = Found {
+            start: out.len(),
+            out,
+            set: None,
+        };
+        // The fast path (one exchange, no e2e binding, no alternate) allocates only `dests`.
+        let mut current = exchange.clone();
+        let mut pending: Vec<Arc<Exchange>> = Vec::new();
+        let mut seen: Vec<String> = Vec::new();
+        let mut dests: Vec<Destination> = Vec::new();
+        loop {
+            if current.name().is_empty() {
+                // The default exchange: every queue is bound by its own name.
+                for key in std::iter::once(routing_key).chain(extra.iter().copied()) {
+                    if let Some(q) = self.queues.get(key) {
+                        dests.push(Destination::Queue(q.clone()));
+                    }
+                }
+            } else {
+                current.route_keys(routing_key, extra, headers, &mut dests);
+            }
+            let alternate = if dests.is_empty() {
+                current.alternate()
+            } else {
+                None
+            };
+            let mut next = |name: &str| {
+                if name == exchange.name() || seen.iter().any(|s| s == name) {
+                    return;
+                }
+                seen.push(name.to_string());
+                match self.exchanges.get(name) {
+                    Some(x) => pending.push(x.clone()),
+                    None => tracing::debug!(exchange = name, "routing to a missing exchange"),
+                }
+            };
+            if let Some(ae) = alternate {
+                next(ae);
+            }
+            for d in dests.drain(..) {
+                match d {
+                    Destination::Queue(q) => found.push(q),
+                    Destination::Exchange(name) => next(&name),
+                }
+            }
+            match pending.pop() {
+                Some(x) => current = x,
+                None => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::FieldArray;
+
+    fn arr(items: Vec<AMQPValue>) -> AMQPValue {
+        AMQPValue::FieldArray(FieldArray::from(items))
+    }
+
+    fn ls(s: &str) -> AMQPValue {
+        AMQPValue::LongString(s.as_bytes().to_vec().into())
+    }
+
+    #[test]
+    fn cc_and_bcc_keys() {
+        let mut h = FieldTable::default();
+        h.insert(
+            "CC".into(),
+            arr(vec![
+                ls("a"),
+                AMQPValue::LongInt(1),
+                ls(&"x".repeat(256)),
+                ls("b"),
+            ]),
+        );
+        h.insert("BCC".into(), arr(vec![ls(&"y".repeat(255))]));
+        let keys = sender_selected_keys(Some(&h));
+        assert_eq!(keys.len(), 3);
+        assert_eq!(&keys[..2], ["a", "b"]);
+        assert_eq!(keys[2].len(), 255);
+        let mut h = FieldTable::default();
+        h.insert("CC".into(), ls("not-an-array"));
+        assert!(sender_selected_keys(Some(&h)).is_empty());
+        assert!(sender_selected_keys(None).is_empty());
+    }
+}

@@ -1,0 +1,485 @@
+//! A queue: the one owner of its ready messages, its consumers and its delivery order.
+//!
+//! Publishing tasks enqueue and dispatch directly under the queue's lock (no extra task hop
+//! per message); dispatch writes deliveries straight into consumers' outbound buffers.
+//! Messages to dead-letter are collected under the lock and republished after it is
+//! released, so a dead-letter route back into the same queue cannot deadlock.
+
+pub mod args;
+mod ready;
+mod timer;
+
+use super::dead_letter::DeathReason;
+use super::delivery::{ChannelShared, Consumer, Readiness};
+use super::message::{Message, QueuedMessage};
+use super::vhost::VHost;
+use crate::error::{AmqpError, AmqpResult};
+use crate::protocol::FieldTable;
+use args::{Overflow, QueueArgs};
+use parking_lot::Mutex;
+use ready::ReadyList;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// What a queue's declaration says about it.
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    pub name: String,
+    pub durable: bool,
+    /// Owning connection of an exclusive queue.
+    pub exclusive_owner: Option<u64>,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+/// A binding that points at this queue, kept so deleting the queue removes it everywhere.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundBinding {
+    pub exchange: String,
+    pub routing_key: String,
+    pub arguments: FieldTable,
+}
+
+/// Outcome of offering a message to a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Accepted,
+    /// Refused by `x-overflow: reject-publish(-dlx)`: the publisher gets a nack.
+    Rejected,
+    /// The queue was deleted meanwhile.
+    Gone,
+}
+
+pub struct Queue {
+    pub spec: QueueSpec,
+    pub args: QueueArgs,
+    pub vhost_name: String,
+    vhost: Weak<VHost>,
+    inner: Mutex<QueueInner>,
+    deleted: AtomicBool,
+    /// Wakes the queue's timer task (earlier deadline, consumers gone, deletion).
+    timer: Arc<Notify>,
+    timer_started: AtomicBool,
+}
+
+/// Dead-letter work collected under the lock, done after it.
+type Dead = Vec<(QueuedMessage, DeathReason)>;
+
+struct QueueInner {
+    ready: ReadyList,
+    next_seq: u64,
+    /// Non-SAC queues: ordered by consumer priority, highest first (stable).
+    /// SAC queues: registration order; the first is the active one.
+    consumers: Vec<Arc<Consumer>>,
+    /// Round-robin position among consumers.
+    cursor: usize,
+    /// Auto-delete applies only once the queue has had a consumer.
+    had_consumer: bool,
+    bindings: Vec<InboundBinding>,
+    /// Last consume/cancel/get/redeclare, for x-expires.
+    last_used: Instant,
+    /// The wake-up time the timer task is sleeping towards.
+    armed: Option<Instant>,
+}
+
+impl Queue {
+    pub fn new(spec: QueueSpec, vhost: &Arc<VHost>) -> Arc<Self> {
+        let args = QueueArgs::from_table(&spec.arguments);
+        let q = Arc::new(Queue {
+            inner: Mutex::new(QueueInner {
+                ready: ReadyList::new(args.max_priority),
+                next_seq: 0,
+                consumers: Vec::new(),
+                cursor: 0,
+                had_consumer: false,
+                bindings: Vec::new(),
+                last_used: Instant::now(),
+                armed: None,
+            }),
+            spec,
+            args,
+            vhost_name: vhost.name.clone(),
+            vhost: Arc::downgrade(vhost),
+            deleted: AtomicBool::new(false),
+            timer: Arc::new(Notify::new()),
+            timer_started: AtomicBool::new(false),
+        });
+        if q.args.expires.is_some() {
+            q.ensure_timer();
+        }
+        q
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    pub fn message_count(&self) -> u32 {
+        self.inner.lock().ready.len() as u32
+    }
+
+    pub fn consumer_count(&self) -> u32 {
+        self.inner.lock().consumers.len() as u32
+    }
+
+    /// (ready messages, consumers) for declare-ok.
+    pub fn counts(&self) -> (u32, u32) {
+        let inner = self.inner.lock();
+        (inner.ready.len() as u32, inner.consumers.len() as u32)
+    }
+
+    /// Redeclare, basic.get: the queue is in use (x-expires).
+    pub fn touch(&self) {
+        self.inner.lock().last_used = Instant::now();
+    }
+
+    fn deadline_for(&self, msg: &Message, now: Instant) -> Option<Instant> {
+        let per_message = msg.expiration_ms.map(Duration::from_millis);
+        let ttl = match (self.args.message_ttl, per_message) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        ttl.map(|t| now + t)
+    }
+
+    fn over_limit(&self, ready: &ReadyList, extra_len: usize, extra_bytes: u64) -> bool {
+        self.args
+            .max_length
+            .is_some_and(|max| (ready.len() + extra_len) as u64 > max)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|max| ready.bytes() + extra_bytes > max)
+    }
+
+    /// Enqueue a routed message and deliver what can be delivered.
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Enqueued {
+        let now = Instant::now();
+        let mut dead: Dead = Vec::new();
+        let result = {
+            let mut inner = self.inner.lock();
+            if self.is_deleted() {
+                return Enqueued::Gone;
+            }
+            let seq = inner.next_seq;
+            inner.next_seq += 1;
+            let qm = QueuedMessage {
+                seq,
+                deadline: self.deadline_for(&msg, now),
+                msg,
+                redelivered: false,
+                delivery_count: 0,
+            };
+            let len = qm.msg.body.len() as u64;
+            if self.args.overflow != Overflow::DropHead && self.over_limit(&inner.ready, 1, len) {
+                if self.args.overflow == Overflow::RejectPublishDlx {
+                    dead.push((qm, DeathReason::Maxlen));
+                }
+                Enqueued::Rejected
+            } else {
+                let deadline = qm.deadline;
+                inner.ready.push(qm);
+                self.dispatch_locked(&mut inner, now, &mut dead);
+                while self.over_limit(&inner.ready, 0, 0) {
+                    match inner.ready.pop() {
+                        Some(head) => dead.push((head, DeathReason::Maxlen)),
+                        None => break,
+                    }
+                }
+                if let Some(d) = deadline {
+                    // TTL 0: delivered above if a consumer could take it, else expired now.
+                    let mut expired = Vec::new();
+                    inner.ready.take_expired(now, &mut expired);
+                    dead.extend(expired.into_iter().map(|m| (m, DeathReason::Expired)));
+                    self.arm(&mut inner, d);
+                }
+                Enqueued::Accepted
+            }
+        };
+        self.dead_letter(dead);
+        result
+    }
+
+    /// Deliver ready messages to consumers that have room.
+    pub fn dispatch(self: &Arc<Self>) {
+        let mut dead = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            self.dispatch_locked(&mut inner, Instant::now(), &mut dead);
+        }
+        self.dead_letter(dead);
+    }
+
+    /// Pick the consumer for the next message: the active one of a single-active-consumer
+    /// queue; otherwise round-robin among the highest-priority consumers that have room.
+    fn pick_consumer(self: &Arc<Self>, inner: &mut QueueInner) -> Option<usize> {
+        let n = inner.consumers.len();
+        if n == 0 {
+            return None;
+        }
+        if self.args.single_active_consumer {
+            return match inner.consumers[0].readiness() {
+                Readiness::Ready => Some(0),
+                Readiness::Congested => {
+                    inner.consumers[0].channel.conn.out.wait_for_drain(self);
+                    None
+                }
+                Readiness::NoCredit => None,
+            };
+        }
+        let mut start = 0;
+        while start < n {
+            let priority = inner.consumers[start].priority;
+            let end = start
+                + inner.consumers[start..]
+                    .iter()
+                    .take_while(|c| c.priority == priority)
+                    .count();
+            let width = end - start;
+            let from = if (start..end).contains(&inner.cursor) {
+                inner.cursor - start
+            } else {
+                0
+            };
+            for k in 0..width {
+                let idx = start + (from + k) % width;
+                match inner.consumers[idx].readiness() {
+                    Readiness::Ready => return Some(idx),
+                    Readiness::Congested => {
+                        inner.consumers[idx].channel.conn.out.wait_for_drain(self)
+                    }
+                    Readiness::NoCredit => {}
+                }
+            }
+            start = end;
+        }
+        None
+    }
+
+    fn dispatch_locked(self: &Arc<Self>, inner: &mut QueueInner, now: Instant, dead: &mut Dead) {
+        if inner.consumers.is_empty() {
+            return;
+        }
+        loop {
+            let Some(head) = inner.ready.peek() else {
+                break;
+            };
+            if head.deadline.is_some_and(|d| d < now) {
+                if let Some(m) = inner.ready.pop() {
+                    dead.push((m, DeathReason::Expired));
+                }
+                continue;
+            }
+            let Some(idx) = self.pick_consumer(inner) else {
+                break;
+            };
+            let Some(qm) = inner.ready.pop() else { break };
+            inner.cursor = idx + 1;
+            let consumer = inner.consumers[idx].clone();
+            consumer.deliver(self, qm);
+        }
+    }
+
+    /// basic.get: hand the head message to `channel`. False when the queue is empty.
+    pub fn get(self: &Arc<Self>, channel: &ChannelShared, no_ack: bool) -> bool {
+        let now = Instant::now();
+        let mut dead = Vec::new();
+        let got = {
+            let mut inner = self.inner.lock();
+            inner.last_used = now;
+            loop {
+                let Some(qm) = inner.ready.pop() else {
+                    break false;
+                };
+                if qm.deadline.is_some_and(|d| d < now) {
+                    dead.push((qm, DeathReason::Expired));
+                    continue;
+                }
+                let remaining = inner.ready.len() as u32;
+                channel.deliver_get(self, qm, no_ack, remaining);
+                break true;
+            }
+        };
+        self.dead_letter(dead);
+        got
+    }
+
+    /// Messages returned by a consumer (nack/reject with requeue, channel closed, recover):
+    /// back to their original place, marked redelivered; past x-delivery-limit they are
+    /// dead-lettered instead.
+    pub fn requeue(self: &Arc<Self>, msgs: impl IntoIterator<Item = QueuedMessage>) {
+        let now = Instant::now();
+        let mut dead = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            if self.is_deleted() {
+                return;
+            }
+            let mut earliest: Option<Instant> = None;
+            for mut qm in msgs {
+                qm.redelivered = true;
+                qm.delivery_count = qm.delivery_count.saturating_add(1);
+                if let Some(limit) = self.args.delivery_limit {
+                    if qm.delivery_count as u64 > limit {
+                        dead.push((qm, DeathReason::DeliveryLimit));
+                        continue;
+                    }
+                    qm.msg = super::dead_letter::with_delivery_count(&qm.msg, qm.delivery_count);
+                }
+                if let Some(d) = qm.deadline {
+                    earliest = Some(earliest.map_or(d, |e| e.min(d)));
+                }
+                inner.ready.requeue(qm);
+            }
+            self.dispatch_locked(&mut inner, now, &mut dead);
+            if let Some(d) = earliest {
+                self.arm(&mut inner, d);
+            }
+        }
+        self.dead_letter(dead);
+    }
+
+    /// Messages rejected without requeue: dead-lettered (reason `rejected`) or dropped.
+    pub fn reject(&self, msgs: Vec<QueuedMessage>) {
+        self.dead_letter(
+            msgs.into_iter()
+                .map(|m| (m, DeathReason::Rejected))
+                .collect(),
+        );
+    }
+
+    /// Register a consumer (checking exclusivity) and start delivering to it.
+    /// `on_added` runs under the queue lock before the first delivery (it sends consume-ok,
+    /// which must precede any basic.deliver).
+    pub fn add_consumer(
+        self: &Arc<Self>,
+        consumer: Arc<Consumer>,
+        on_added: impl FnOnce(),
+    ) -> AmqpResult<()> {
+        let mut dead = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            if self.is_deleted() {
+                return Err(AmqpError::not_found(format!(
+                    "no queue '{}' in vhost '{}'",
+                    self.name(),
+                    self.vhost_name
+                )));
+            }
+            if consumer.exclusive && self.args.single_active_consumer {
+                return Err(AmqpError::access_refused(format!(
+                    "cannot consume exclusively from single active consumer queue '{}' in vhost '{}'",
+                    self.name(),
+                    self.vhost_name
+                )));
+            }
+            if inner.consumers.iter().any(|c| c.exclusive)
+                || (consumer.exclusive && !inner.consumers.is_empty())
+            {
+                return Err(AmqpError::access_refused(format!(
+                    "queue '{}' in vhost '{}' in exclusive use",
+                    self.name(),
+                    self.vhost_name
+                )));
+            }
+            on_added();
+            let pos = if self.args.single_active_consumer {
+                inner.consumers.len()
+            } else {
+                inner
+                    .consumers
+                    .partition_point(|c| c.priority >= consumer.priority)
+            };
+            inner.consumers.insert(pos, consumer);
+            inner.had_consumer = true;
+            inner.last_used = Instant::now();
+            self.dispatch_locked(&mut inner, Instant::now(), &mut dead);
+        }
+        self.dead_letter(dead);
+        Ok(())
+    }
+
+    /// Remove a consumer; true if the queue should now be auto-deleted.
+    pub fn remove_consumer(self: &Arc<Self>, consumer: &Arc<Consumer>) -> bool {
+        consumer.active.store(false, Ordering::Release);
+        let (auto_delete, was_active) = {
+            let mut inner = self.inner.lock();
+            let was_active = inner
+                .consumers
+                .first()
+                .is_some_and(|c| Arc::ptr_eq(c, consumer));
+            inner.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
+            if inner.cursor >= inner.consumers.len() {
+                inner.cursor = 0;
+            }
+            if inner.consumers.is_empty() {
+                inner.last_used = Instant::now();
+                if self.args.expires.is_some() {
+                    self.timer.notify_one();
+                }
+            }
+            (
+                self.spec.auto_delete
+                    && inner.had_consumer
+                    && inner.consumers.is_empty()
+                    && !self.is_deleted(),
+                was_active,
+            )
+        };
+        // A single-active-consumer queue hands over to the next consumer.
+        if was_active && self.args.single_active_consumer {
+            self.dispatch();
+        }
+        auto_delete
+    }
+
+    /// Drop all ready messages; returns how many.
+    pub fn purge(&self) -> u32 {
+        self.inner.lock().ready.clear() as u32
+    }
+
+    pub fn has_consumers(&self) -> bool {
+        !self.inner.lock().consumers.is_empty()
+    }
+
+    pub fn add_binding(&self, b: InboundBinding) {
+        let mut inner = self.inner.lock();
+        if !inner.bindings.contains(&b) {
+            inner.bindings.push(b);
+        }
+    }
+
+    pub fn remove_binding(&self, b: &InboundBinding) {
+        self.inner.lock().bindings.retain(|x| x != b);
+    }
+
+    /// Mark deleted and take what must be cleaned up: its bindings, its consumers (to be
+    /// cancelled) and the number of ready messages it had.
+    pub fn mark_deleted(&self) -> (Vec<InboundBinding>, Vec<Arc<Consumer>>, u32) {
+        let mut inner = self.inner.lock();
+        self.deleted.store(true, Ordering::Release);
+        let n = inner.ready.clear() as u32;
+        let consumers = std::mem::take(&mut inner.consumers);
+        for c in &consumers {
+            c.active.store(false, Ordering::Release);
+        }
+        self.timer.notify_one();
+        (std::mem::take(&mut inner.bindings), consumers, n)
+    }
+
+    fn dead_letter(&self, dead: Dead) {
+        if dead.is_empty() {
+            return;
+        }
+        if let Some(vhost) = self.vhost.upgrade() {
+            super::dead_letter::dead_letter(&vhost, self, dead);
+        }
+    }
+}
