@@ -6,7 +6,7 @@
 //! released, so a dead-letter route back into the same queue cannot deadlock.
 
 pub mod args;
-mod ready;
+pub mod ready;
 mod timer;
 
 use super::dead_letter::DeathReason;
@@ -267,10 +267,7 @@ impl Queue {
         if inner.consumers.is_empty() {
             return;
         }
-        loop {
-            let Some(head) = inner.ready.peek() else {
-                break;
-            };
+        while let Some(head) = inner.ready.peek() {
             if head.deadline.is_some_and(|d| d < now) {
                 if let Some(m) = inner.ready.pop() {
                     dead.push((m, DeathReason::Expired));

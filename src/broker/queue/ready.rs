@@ -4,6 +4,10 @@
 //! Dequeue looks at the priority levels (at most 256), never at the messages, so its cost
 //! does not grow with queue length. A message that expires while not at the head is taken
 //! out through the deadline index and left as a tombstone in its FIFO, skipped at dequeue.
+//!
+//! Only messages with a per-message `expiration` go into the deadline index. Deadlines that
+//! come from the queue's x-message-ttl alone grow with publish order, so within a level they
+//! are already sorted and the level's head is the next to expire: no index cost for them.
 
 use crate::broker::message::QueuedMessage;
 use std::collections::{BTreeSet, HashSet, VecDeque};
@@ -15,7 +19,7 @@ pub struct ReadyList {
     /// Levels that may be non-empty, highest first, is found by scanning `levels` downward.
     len: usize,
     bytes: u64,
-    /// (deadline, seq, level) of every ready message that can expire.
+    /// (deadline, seq, level) of every ready message with a per-message expiration.
     deadlines: BTreeSet<(Instant, u64, u8)>,
     /// Seqs taken out of the middle of a FIFO (expired): skipped when reached.
     tombstones: HashSet<u64>,
@@ -38,6 +42,10 @@ impl ReadyList {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
@@ -47,10 +55,15 @@ impl ReadyList {
         qm.msg.priority().min(max)
     }
 
+    /// Deadlines from a per-message expiration are indexed; queue-TTL ones are ordered.
+    fn indexed(qm: &QueuedMessage) -> Option<Instant> {
+        qm.deadline.filter(|_| qm.msg.expiration_ms.is_some())
+    }
+
     fn account_in(&mut self, qm: &QueuedMessage, level: u8) {
         self.len += 1;
         self.bytes += qm.msg.body.len() as u64;
-        if let Some(d) = qm.deadline {
+        if let Some(d) = Self::indexed(qm) {
             self.deadlines.insert((d, qm.seq, level));
         }
     }
@@ -58,9 +71,21 @@ impl ReadyList {
     fn account_out(&mut self, qm: &QueuedMessage, level: u8) {
         self.len -= 1;
         self.bytes -= qm.msg.body.len() as u64;
-        if let Some(d) = qm.deadline {
+        if let Some(d) = Self::indexed(qm) {
             self.deadlines.remove(&(d, qm.seq, level));
         }
+    }
+
+    /// The first live message of one level, dropping tombstones in front of it.
+    fn live_front(&mut self, level: usize) -> Option<&QueuedMessage> {
+        let fifo = &mut self.levels[level];
+        while let Some(front) = fifo.front() {
+            if self.tombstones.is_empty() || !self.tombstones.remove(&front.seq) {
+                break;
+            }
+            fifo.pop_front();
+        }
+        self.levels[level].front()
     }
 
     /// Append a newly published message.
@@ -112,6 +137,18 @@ impl ReadyList {
 
     /// Take every message whose deadline is at or before `now`.
     pub fn take_expired(&mut self, now: Instant, out: &mut Vec<QueuedMessage>) {
+        for level in 0..self.levels.len() {
+            while self
+                .live_front(level)
+                .and_then(|m| m.deadline)
+                .is_some_and(|d| d <= now)
+            {
+                if let Some(qm) = self.levels[level].pop_front() {
+                    self.account_out(&qm, level as u8);
+                    out.push(qm);
+                }
+            }
+        }
         while let Some(&(deadline, seq, level)) = self.deadlines.first() {
             if deadline > now {
                 break;
@@ -132,9 +169,16 @@ impl ReadyList {
         }
     }
 
-    /// The earliest deadline of a ready message.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(d, _, _)| *d)
+    /// The earliest deadline of a ready message (a lower bound: a level's head may have an
+    /// earlier per-message deadline than the queue-TTL messages behind it).
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        let mut next = self.deadlines.first().map(|(d, _, _)| *d);
+        for level in 0..self.levels.len() {
+            if let Some(d) = self.live_front(level).and_then(|m| m.deadline) {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
+        }
+        next
     }
 
     /// Remove everything; returns how many live messages there were.
@@ -159,8 +203,12 @@ mod tests {
     use bytes::Bytes;
     use std::time::Duration;
 
+    /// A message; with a deadline it is treated as a per-message expiration.
     fn qm(seq: u64, priority: u8, deadline: Option<Instant>) -> QueuedMessage {
-        let props = BasicProperties::default().with_priority(priority);
+        let mut props = BasicProperties::default().with_priority(priority);
+        if deadline.is_some() {
+            props = props.with_expiration("1000".into());
+        }
         QueuedMessage {
             seq,
             msg: Message::new(
@@ -216,5 +264,27 @@ mod tests {
         let order: Vec<u64> = std::iter::from_fn(|| r.pop().map(|m| m.seq)).collect();
         assert_eq!(order, vec![0, 2]);
         assert!(r.next_deadline().is_none());
+    }
+
+    #[test]
+    fn queue_ttl_deadlines_expire_from_the_heads_without_the_index() {
+        let now = Instant::now();
+        let mut r = ReadyList::new(1);
+        let plain = |seq, prio, secs| {
+            let mut m = qm(seq, prio, None);
+            m.deadline = Some(now + Duration::from_secs(secs));
+            m
+        };
+        r.push(plain(0, 0, 1));
+        r.push(plain(1, 1, 2));
+        r.push(plain(2, 0, 3));
+        assert_eq!(r.next_deadline(), Some(now + Duration::from_secs(1)));
+        let mut out = Vec::new();
+        r.take_expired(now + Duration::from_secs(2), &mut out);
+        let mut seqs: Vec<u64> = out.iter().map(|m| m.seq).collect();
+        seqs.sort();
+        assert_eq!(seqs, vec![0, 1]);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.next_deadline(), Some(now + Duration::from_secs(3)));
     }
 }
