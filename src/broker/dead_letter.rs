@@ -183,13 +183,14 @@ fn is_automatic_cycle(target: &str, msg: &Message) -> bool {
 /// Republish messages that died in `queue` to its dead-letter exchange. A missing DLX
 /// drops them silently, as RabbitMQ does.
 pub fn dead_letter(vhost: &Arc<VHost>, queue: &Queue, dead: Vec<(QueuedMessage, DeathReason)>) {
-    let Some(dlx) = queue.args.dead_letter_exchange.as_deref() else {
+    let args = queue.args.load();
+    let Some(dlx) = args.dead_letter_exchange.as_deref() else {
         return;
     };
     let Ok(exchange) = vhost.exchange(dlx) else {
         return;
     };
-    let dlrk = queue.args.dead_letter_routing_key.as_deref();
+    let dlrk = args.dead_letter_routing_key.as_deref();
     let mut targets = Vec::new();
     for (qm, reason) in dead {
         let msg = dead_lettered(&qm.msg, queue.name(), reason, dlx, dlrk);

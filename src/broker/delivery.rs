@@ -159,6 +159,7 @@ impl ChannelShared {
     pub fn restore(&self, entries: Vec<Unacked>) {
         let mut d = self.deliveries.lock();
         for u in entries {
+            u.queue.stats.restored();
             if let Some(c) = &u.consumer {
                 c.unacked.fetch_add(1, Ordering::Relaxed);
                 self.global_unacked.fetch_add(1, Ordering::Relaxed);
@@ -168,6 +169,7 @@ impl ChannelShared {
     }
 
     fn release_credit(&self, u: &Unacked) {
+        u.queue.stats.settled();
         if let Some(c) = &u.consumer {
             c.unacked.fetch_sub(1, Ordering::Relaxed);
             self.global_unacked.fetch_sub(1, Ordering::Relaxed);
@@ -182,6 +184,7 @@ impl ChannelShared {
         no_ack: bool,
         message_count: u32,
     ) {
+        queue.stats.got(qm.redelivered, !no_ack);
         let mut d = self.deliveries.lock();
         d.last_tag += 1;
         let tag = d.last_tag;
@@ -262,6 +265,7 @@ impl Consumer {
     /// Write one delivery to the consumer's connection and, unless no-ack, record it as
     /// unacked. Called with the queue's lock held.
     pub fn deliver(self: &Arc<Self>, queue: &Arc<Queue>, qm: QueuedMessage) {
+        queue.stats.delivered(qm.redelivered, !self.no_ack);
         let ch = &self.channel;
         let mut d = ch.deliveries.lock();
         d.last_tag += 1;

@@ -6,10 +6,12 @@ pub mod dead_letter;
 pub mod delivery;
 pub mod exchange;
 pub mod message;
+pub mod policy;
 pub mod queue;
 pub mod vhost;
+pub mod vhosts;
 
-use crate::auth::Users;
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::connection::ConnShared;
 use crate::store::{Store, StoreError};
@@ -21,7 +23,8 @@ use vhost::VHost;
 pub struct Broker {
     pub config: Config,
     pub vhosts: DashMap<String, Arc<VHost>>,
-    pub users: Users,
+    /// Users and permissions.
+    pub auth: Arc<Auth>,
     pub store: Option<Arc<Store>>,
     next_conn_id: AtomicU64,
     pub connections: DashMap<u64, Arc<ConnShared>>,
@@ -35,16 +38,23 @@ impl Broker {
             source: sled::Error::Io(e),
         })?;
         let store = Arc::new(Store::open(&config.data_dir, config.store_cache_bytes)?);
+        let auth = Auth::load(Some(store.clone()))?;
+        if auth.is_empty() {
+            auth.create_default_user(&config.default_user, &config.default_pass);
+        }
         let broker = Broker {
-            users: Users::with_default_guest(&config.default_user, &config.default_pass),
+            auth: Arc::new(auth),
             config,
             vhosts: DashMap::new(),
             store: Some(store.clone()),
             next_conn_id: AtomicU64::new(1),
             connections: DashMap::new(),
         };
-        let vhost = VHost::new("/", Some(store.clone()));
-        let rec = store.recover("/")?;
+        for vrec in broker.stored_vhosts()? {
+        let name = vrec.name.clone();
+        let vhost = VHost::new(&name, Some(store.clone()));
+        broker.load_vhost_settings(&vhost, vrec)?;
+        let rec = store.recover(&name)?;
         let (nx, nq) = (rec.exchanges.len(), rec.queues.len());
         let nb = rec.bindings.len() + rec.exchange_bindings.len();
         for spec in rec.exchanges {
@@ -76,7 +86,9 @@ impl Broker {
             bindings = nb,
             "recovered durable definitions"
         );
-        broker.vhosts.insert("/".to_string(), vhost);
+        vhost.apply_policies();
+        broker.vhosts.insert(name, vhost);
+        }
         Ok(Arc::new(broker))
     }
 

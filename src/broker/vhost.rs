@@ -14,6 +14,8 @@ pub struct VHost {
     pub name: String,
     pub exchanges: DashMap<String, Arc<Exchange>>,
     pub queues: DashMap<String, Arc<Queue>>,
+    /// Description, tags and policies, set through management.
+    pub settings: parking_lot::RwLock<super::vhosts::VhostSettings>,
     store: Option<Arc<Store>>,
 }
 
@@ -35,6 +37,7 @@ impl VHost {
             name: name.to_string(),
             exchanges: DashMap::new(),
             queues: DashMap::new(),
+            settings: Default::default(),
             store,
         };
         let builtin: &[(&str, ExchangeType, bool)] = &[
@@ -157,6 +160,7 @@ impl VHost {
             }
             dashmap::mapref::entry::Entry::Vacant(v) => {
                 let ex = Exchange::new(spec);
+                self.apply_new_exchange_policy(&ex);
                 if ex.spec.durable {
                     if let Some(store) = &self.store {
                         store.save_exchange(&self.name, &ex.spec);
@@ -279,6 +283,7 @@ impl VHost {
             }
             dashmap::mapref::entry::Entry::Vacant(v) => {
                 let q = Queue::new(spec, self);
+                self.apply_new_queue_policy(&q);
                 v.insert(q.clone());
                 if q.spec.durable && q.spec.exclusive_owner.is_none() {
                     if let Some(store) = &self.store {

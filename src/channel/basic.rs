@@ -22,6 +22,7 @@ impl Channel {
                 if p.immediate {
                     return Err(AmqpError::not_implemented("immediate=true"));
                 }
+                ctx.access.publish(p.exchange.as_str())?;
                 self.content = Content::AwaitingHeader(PendingPublish {
                     exchange: p.exchange.as_str().to_string(),
                     routing_key: p.routing_key.as_str().to_string(),
@@ -62,6 +63,7 @@ impl Channel {
             }
             AMQPMethod::Get(g) => {
                 let name = self.queue_name(g.queue.as_str())?;
+                ctx.access.read_queue(&name)?;
                 let queue = ctx.vhost.queue(&name, ctx.conn.id)?;
                 if !queue.get(&self.shared, g.no_ack) {
                     self.send(ctx, AMQPClass::Basic(AMQPMethod::GetEmpty(b::GetEmpty {})));
@@ -70,6 +72,7 @@ impl Channel {
             }
             AMQPMethod::Ack(a) => {
                 let taken = self.shared.take(a.delivery_tag, a.multiple)?;
+                crate::broker::queue::stats::count_acks(&taken);
                 self.settle(taken, None);
                 Ok(())
             }
@@ -120,6 +123,7 @@ impl Channel {
 
     fn consume(&mut self, ctx: &ChannelCtx<'_>, c: b::Consume) -> AmqpResult<()> {
         let name = self.queue_name(c.queue.as_str())?;
+        ctx.access.read_queue(&name)?;
         let queue = ctx.vhost.queue(&name, ctx.conn.id)?;
         let tag = if c.consumer_tag.as_str().is_empty() {
             super::queue::generated_name("amq.ctag-")
@@ -162,6 +166,7 @@ impl Channel {
             },
             None => queue
                 .args
+                .load()
                 .consumer_timeout
                 .unwrap_or(ctx.broker.config.consumer_timeout),
         };
@@ -212,7 +217,7 @@ impl Channel {
             .at(60, 40));
         }
         if let Some(uid) = properties.user_id() {
-            if uid.as_str() != ctx.user {
+            if uid.as_str() != ctx.user && !ctx.access.impersonator {
                 return Err(AmqpError::precondition(format!(
                     "user_id property set to '{}' but authenticated user was '{}'",
                     uid.as_str(),
@@ -265,6 +270,7 @@ impl Channel {
     ) -> bool {
         // The routing result buffer is reused across publishes to avoid an allocation each.
         let mut queues = std::mem::take(&mut self.route_buf);
+        ctx.conn.published.fetch_add(1, Ordering::Relaxed);
         ctx.vhost.route_publish(exchange, &mut msg, &mut queues);
         let mut delivered = false;
         let mut rejected = false;

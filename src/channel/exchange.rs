@@ -15,6 +15,8 @@ impl Channel {
         match m {
             AMQPMethod::Declare(d) => {
                 let name = d.exchange.as_str().to_string();
+                ctx.access
+                    .exchange_declare(&name, d.passive, &d.arguments)?;
                 let kind = if d.passive {
                     // Passive declares do not look at the type.
                     ExchangeType::Direct
@@ -41,6 +43,7 @@ impl Channel {
                 Ok(())
             }
             AMQPMethod::Delete(d) => {
+                ctx.access.configure_exchange(d.exchange.as_str())?;
                 ctx.vhost
                     .delete_exchange(d.exchange.as_str(), d.if_unused)?;
                 if !d.nowait {
@@ -52,6 +55,8 @@ impl Channel {
                 Ok(())
             }
             AMQPMethod::Bind(b) => {
+                ctx.access
+                    .exchange_bind(b.destination.as_str(), b.source.as_str())?;
                 ctx.vhost.bind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),
@@ -64,6 +69,8 @@ impl Channel {
                 Ok(())
             }
             AMQPMethod::Unbind(b) => {
+                ctx.access
+                    .exchange_bind(b.destination.as_str(), b.source.as_str())?;
                 ctx.vhost.unbind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),

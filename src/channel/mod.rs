@@ -27,6 +27,8 @@ pub struct ChannelCtx<'a> {
     pub conn: &'a Arc<ConnShared>,
     /// The authenticated user (checked against the `user_id` property).
     pub user: &'a str,
+    /// Permission checks of the connection's user in its vhost.
+    pub access: &'a crate::auth::Access,
 }
 
 /// A basic.publish waiting for its content.

@@ -28,6 +28,8 @@ impl Channel {
                 } else {
                     self.queue_name(d.queue.as_str())?
                 };
+                ctx.access
+                    .queue_declare(&name, d.passive, &d.arguments)?;
                 let (queue, _created) = ctx.vhost.declare_queue(
                     QueueDeclare {
                         name: name.clone(),
@@ -56,6 +58,7 @@ impl Channel {
             }
             AMQPMethod::Bind(b) => {
                 let name = self.queue_name(b.queue.as_str())?;
+                ctx.access.queue_bind(&name, b.exchange.as_str())?;
                 ctx.vhost.bind_queue(
                     &name,
                     b.exchange.as_str(),
@@ -70,6 +73,7 @@ impl Channel {
             }
             AMQPMethod::Unbind(b) => {
                 let name = self.queue_name(b.queue.as_str())?;
+                ctx.access.queue_bind(&name, b.exchange.as_str())?;
                 ctx.vhost.unbind_queue(
                     &name,
                     b.exchange.as_str(),
@@ -82,6 +86,7 @@ impl Channel {
             }
             AMQPMethod::Purge(p) => {
                 let name = self.queue_name(p.queue.as_str())?;
+                ctx.access.read_queue(&name)?;
                 let queue = ctx.vhost.queue(&name, conn_id)?;
                 let message_count = queue.purge();
                 if !p.nowait {
@@ -94,6 +99,7 @@ impl Channel {
             }
             AMQPMethod::Delete(d) => {
                 let name = self.queue_name(d.queue.as_str())?;
+                ctx.access.configure_queue(&name)?;
                 let message_count =
                     ctx.vhost
                         .delete_queue(&name, d.if_unused, d.if_empty, conn_id)?;

@@ -158,7 +158,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         caps.authentication_failure_close
             .store(failure_close, Ordering::Relaxed);
 
-        let auth = self.broker.users.authenticate(
+        let auth = self.broker.auth.authenticate(
             start_ok.mechanism.as_str(),
             start_ok.response.as_bytes(),
             self.shared.peer.ip(),
@@ -251,6 +251,13 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         };
         let name = open.virtual_host.as_str();
         match self.broker.vhost(name) {
+            Some(_) if !self.broker.auth.can_access_vhost(&self.user, name) => {
+                return Err(AmqpError::new(
+                    ReplyCode::NotAllowed,
+                    format!("access to vhost '{name}' refused for user '{}'", self.user),
+                )
+                .at(10, 40))
+            }
             Some(v) => self.vhost = Some(v),
             None => {
                 return Err(AmqpError::new(
@@ -259,6 +266,16 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 )
                 .at(10, 40))
             }
+        }
+        self.access = crate::auth::Access::new(self.broker.auth.clone(), &self.user, name);
+        {
+            let mut info = self.shared.info.write();
+            info.user = self.user.clone();
+            info.vhost = name.to_string();
+            info.auth_mechanism = start_ok.mechanism.as_str().to_string();
+            info.client_properties = start_ok.client_properties.clone();
+            info.channel_max = self.channel_max;
+            info.open = true;
         }
         self.shared.send(
             0,

@@ -4,22 +4,24 @@
 mod handshake;
 pub mod outbound;
 
+use crate::auth::Access;
+use crate::broker::delivery::ChannelShared;
 use crate::broker::vhost::VHost;
 use crate::broker::Broker;
 use crate::channel::{Channel, ChannelCtx};
 use crate::error::{AmqpError, ReplyCode};
 use crate::protocol::codec::{read_frame, InFrame, ReadLimits};
-use crate::protocol::{encode, short, AMQPClass};
+use crate::protocol::{encode, short, AMQPClass, FieldTable};
 use amq_protocol::protocol::{basic, channel as chan, connection as conn};
 use bytes::BytesMut;
 use outbound::Outbound;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// What the client said it supports in connection.start-ok capabilities.
 #[derive(Debug, Default)]
@@ -39,6 +41,29 @@ pub struct ConnShared {
     /// Negotiated heartbeat interval in ms (0 = off), read by the writer.
     pub heartbeat_ms: Arc<AtomicU64>,
     pub caps: ClientCaps,
+    /// Who and what, for the management API (filled in by the handshake).
+    pub info: parking_lot::RwLock<ConnInfo>,
+    /// Open channels, for the management API.
+    pub channels: parking_lot::Mutex<BTreeMap<u16, Arc<ChannelShared>>>,
+    /// Messages published on this connection (overall publish rate).
+    pub published: AtomicU64,
+    /// A close asked for from outside (management, vhost deletion): its reason.
+    kill_reason: parking_lot::Mutex<Option<String>>,
+    kill: Notify,
+}
+
+/// What the management API shows about a connection.
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo {
+    pub user: String,
+    pub vhost: String,
+    pub auth_mechanism: String,
+    pub client_properties: FieldTable,
+    /// Milliseconds since the Unix epoch.
+    pub connected_at: u64,
+    pub channel_max: u16,
+    /// Set once connection.open succeeded.
+    pub open: bool,
 }
 
 impl ConnShared {
@@ -50,7 +75,24 @@ impl ConnShared {
             frame_max: AtomicU32::new(crate::protocol::FRAME_MIN_SIZE),
             heartbeat_ms: Arc::new(AtomicU64::new(0)),
             caps: ClientCaps::default(),
+            info: parking_lot::RwLock::new(ConnInfo {
+                connected_at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+                ..ConnInfo::default()
+            }),
+            channels: parking_lot::Mutex::new(BTreeMap::new()),
+            published: AtomicU64::new(0),
+            kill_reason: parking_lot::Mutex::new(None),
+            kill: Notify::new(),
         })
+    }
+
+    /// Close this connection with 320 CONNECTION_FORCED and `reason`.
+    pub fn force_close(&self, reason: &str) {
+        *self.kill_reason.lock() = Some(reason.to_string());
+        self.kill.notify_one();
     }
 
     pub fn frame_max(&self) -> u32 {
@@ -97,6 +139,8 @@ pub(crate) struct Connection<R> {
     heartbeat: Duration,
     vhost: Option<Arc<VHost>>,
     user: String,
+    /// Permission checks for the user in the vhost (set by connection.open).
+    access: Access,
     channels: HashMap<u16, Channel>,
 }
 
@@ -130,6 +174,7 @@ pub async fn serve<S>(
         heartbeat: Duration::ZERO,
         vhost: None,
         user: String::new(),
+        access: Access::new(broker.auth.clone(), "", ""),
         channels: HashMap::new(),
     };
     let exit = match c.handshake(&mut shutdown).await {
@@ -182,6 +227,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
     }
 
     async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Exit {
+        let shared = self.shared.clone();
         loop {
             // Handle every complete frame already buffered, then flush batched confirms.
             loop {
@@ -213,6 +259,11 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     Err(e) => return Exit::Error(e),
                 },
                 _ = shutdown.changed() => return Exit::Shutdown,
+                // Closed from outside: management or vhost deletion.
+                _ = shared.kill.notified() => {
+                    let reason = shared.kill_reason.lock().take().unwrap_or_default();
+                    return Exit::Error(AmqpError::new(ReplyCode::ConnectionForced, reason));
+                }
                 _ = tokio::time::sleep(tick.unwrap_or(Duration::MAX)), if tick.is_some() => {
                     if let Err(e) = self.check_ack_timeouts() {
                         return Exit::Error(e);
@@ -287,6 +338,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                             .ok_or_else(|| AmqpError::internal("no vhost"))?,
                         conn: &self.shared,
                         user: &self.user,
+                        access: &self.access,
                     };
                     ch.on_header(&ctx, class_id, body_size, properties, raw_properties, max)
                 };
@@ -310,6 +362,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                             .ok_or_else(|| AmqpError::internal("no vhost"))?,
                         conn: &self.shared,
                         user: &self.user,
+                        access: &self.access,
                     };
                     ch.on_body(&ctx, payload)
                 };
@@ -396,6 +449,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 .at(class_id, method_id));
             }
             let ch = Channel::new(id, self.shared.clone());
+            self.shared.channels.lock().insert(id, ch.shared.clone());
             self.channels.insert(id, ch);
             self.shared.send(
                 id,
@@ -412,6 +466,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     .channels
                     .remove(&id)
                     .ok_or_else(|| unknown_channel(id))?;
+                self.shared.channels.lock().remove(&id);
                 if let Some(vhost) = &self.vhost {
                     ch.release(vhost);
                 }
@@ -424,6 +479,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             AMQPClass::Channel(chan::AMQPMethod::CloseOk(_)) => {
                 if ch.is_closing() {
                     self.channels.remove(&id);
+                    self.shared.channels.lock().remove(&id);
                 }
                 Ok(())
             }
@@ -438,6 +494,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                             .ok_or_else(|| AmqpError::internal("no vhost"))?,
                         conn: &self.shared,
                         user: &self.user,
+                        access: &self.access,
                     };
                     let ch = self
                         .channels
@@ -499,6 +556,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
     /// Release everything the connection held: channels (requeue unacked, cancel
     /// consumers) and exclusive queues.
     fn cleanup(&mut self) {
+        self.shared.channels.lock().clear();
         if let Some(vhost) = self.vhost.clone() {
             for (_, mut ch) in self.channels.drain() {
                 ch.release(&vhost);

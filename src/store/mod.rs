@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use thiserror::Error;
 
+mod meta;
+
 /// Version of the on-disk layout this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
 

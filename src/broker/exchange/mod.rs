@@ -116,8 +116,8 @@ pub struct ExchangeSpec {
 
 pub struct Exchange {
     pub spec: ExchangeSpec,
-    /// The `alternate-exchange` argument, read once at declaration.
-    alternate: Option<String>,
+    /// The alternate exchange: the `alternate-exchange` argument, else a policy's.
+    alternate: arc_swap::ArcSwapOption<String>,
     matcher: RwLock<Box<dyn Matcher>>,
     /// Sources of exchange-to-exchange bindings that lead here, one entry per binding, so
     /// deleting this exchange finds them without scanning every exchange.
@@ -140,7 +140,7 @@ impl Exchange {
             .and_then(super::args::str_value);
         Arc::new(Exchange {
             spec,
-            alternate,
+            alternate: arc_swap::ArcSwapOption::new(alternate.map(Arc::new)),
             matcher: RwLock::new(matcher),
             e2e_sources: Mutex::new(Vec::new()),
             deleted: AtomicBool::new(false),
@@ -148,8 +148,13 @@ impl Exchange {
     }
 
     /// The alternate exchange unroutable messages go to, if any.
-    pub fn alternate(&self) -> Option<&str> {
-        self.alternate.as_deref()
+    pub fn alternate(&self) -> Option<Arc<String>> {
+        self.alternate.load_full()
+    }
+
+    /// Set by policies (the argument, if any, still wins: see `broker::policy`).
+    pub fn set_alternate(&self, alternate: Option<String>) {
+        self.alternate.store(alternate.map(Arc::new));
     }
 
     pub(in crate::broker) fn add_e2e_source(&self, source: &str) {

@@ -168,7 +168,7 @@ impl VHost {
                 }
             };
             if let Some(ae) = alternate {
-                next(ae);
+                next(&ae);
             }
             for d in dests.drain(..) {
                 match d {

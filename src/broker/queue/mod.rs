@@ -6,7 +6,9 @@
 //! released, so a dead-letter route back into the same queue cannot deadlock.
 
 pub mod args;
+mod inspect;
 pub mod ready;
+pub mod stats;
 mod timer;
 
 use super::dead_letter::DeathReason;
@@ -55,7 +57,9 @@ pub enum Enqueued {
 
 pub struct Queue {
     pub spec: QueueSpec,
-    pub args: QueueArgs,
+    /// Effective arguments: the declared ones with the matching policy applied; swapped
+    /// when policies change.
+    pub args: arc_swap::ArcSwap<QueueArgs>,
     pub vhost_name: String,
     vhost: Weak<VHost>,
     inner: Mutex<QueueInner>,
@@ -63,6 +67,8 @@ pub struct Queue {
     /// Wakes the queue's timer task (earlier deadline, consumers gone, deletion).
     timer: Arc<Notify>,
     timer_started: AtomicBool,
+    /// Message counters for the management API and metrics.
+    pub stats: stats::QueueStats,
 }
 
 /// Dead-letter work collected under the lock, done after it.
@@ -100,14 +106,15 @@ impl Queue {
                 armed: None,
             }),
             spec,
-            args,
+            args: arc_swap::ArcSwap::from_pointee(args),
             vhost_name: vhost.name.clone(),
             vhost: Arc::downgrade(vhost),
             deleted: AtomicBool::new(false),
             timer: Arc::new(Notify::new()),
             timer_started: AtomicBool::new(false),
+            stats: stats::QueueStats::default(),
         });
-        if q.args.expires.is_some() {
+        if q.args.load().expires.is_some() {
             q.ensure_timer();
         }
         q
@@ -142,7 +149,7 @@ impl Queue {
 
     fn deadline_for(&self, msg: &Message, now: Instant) -> Option<Instant> {
         let per_message = msg.expiration_ms.map(Duration::from_millis);
-        let ttl = match (self.args.message_ttl, per_message) {
+        let ttl = match (self.args.load().message_ttl, per_message) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -150,11 +157,10 @@ impl Queue {
     }
 
     fn over_limit(&self, ready: &ReadyList, extra_len: usize, extra_bytes: u64) -> bool {
-        self.args
-            .max_length
+        let args = self.args.load();
+        args.max_length
             .is_some_and(|max| (ready.len() + extra_len) as u64 > max)
-            || self
-                .args
+            || args
                 .max_length_bytes
                 .is_some_and(|max| ready.bytes() + extra_bytes > max)
     }
@@ -178,8 +184,8 @@ impl Queue {
                 delivery_count: 0,
             };
             let len = qm.msg.body.len() as u64;
-            if self.args.overflow != Overflow::DropHead && self.over_limit(&inner.ready, 1, len) {
-                if self.args.overflow == Overflow::RejectPublishDlx {
+            if self.args.load().overflow != Overflow::DropHead && self.over_limit(&inner.ready, 1, len) {
+                if self.args.load().overflow == Overflow::RejectPublishDlx {
                     dead.push((qm, DeathReason::Maxlen));
                 }
                 Enqueued::Rejected
@@ -200,6 +206,7 @@ impl Queue {
                     dead.extend(expired.into_iter().map(|m| (m, DeathReason::Expired)));
                     self.arm(&mut inner, d);
                 }
+                self.stats.published();
                 Enqueued::Accepted
             }
         };
@@ -224,7 +231,7 @@ impl Queue {
         if n == 0 {
             return None;
         }
-        if self.args.single_active_consumer {
+        if self.args.load().single_active_consumer {
             return match inner.consumers[0].readiness() {
                 Readiness::Ready => Some(0),
                 Readiness::Congested => {
@@ -323,7 +330,7 @@ impl Queue {
             for mut qm in msgs {
                 qm.redelivered = true;
                 qm.delivery_count = qm.delivery_count.saturating_add(1);
-                if let Some(limit) = self.args.delivery_limit {
+                if let Some(limit) = self.args.load().delivery_limit {
                     if qm.delivery_count as u64 > limit {
                         dead.push((qm, DeathReason::DeliveryLimit));
                         continue;
@@ -370,7 +377,7 @@ impl Queue {
                     self.vhost_name
                 )));
             }
-            if consumer.exclusive && self.args.single_active_consumer {
+            if consumer.exclusive && self.args.load().single_active_consumer {
                 return Err(AmqpError::access_refused(format!(
                     "cannot consume exclusively from single active consumer queue '{}' in vhost '{}'",
                     self.name(),
@@ -387,7 +394,7 @@ impl Queue {
                 )));
             }
             on_added();
-            let pos = if self.args.single_active_consumer {
+            let pos = if self.args.load().single_active_consumer {
                 inner.consumers.len()
             } else {
                 inner
@@ -418,7 +425,7 @@ impl Queue {
             }
             if inner.consumers.is_empty() {
                 inner.last_used = Instant::now();
-                if self.args.expires.is_some() {
+                if self.args.load().expires.is_some() {
                     self.timer.notify_one();
                 }
             }
@@ -431,7 +438,7 @@ impl Queue {
             )
         };
         // A single-active-consumer queue hands over to the next consumer.
-        if was_active && self.args.single_active_consumer {
+        if was_active && self.args.load().single_active_consumer {
             self.dispatch();
         }
         auto_delete

@@ -56,7 +56,7 @@ impl Queue {
     fn next_wakeup(&self) -> Option<Instant> {
         let mut inner = self.inner.lock();
         let mut next = inner.ready.next_deadline();
-        if let Some(expires) = self.args.expires {
+        if let Some(expires) = self.args.load().expires {
             if inner.consumers.is_empty() {
                 let at = inner.last_used + expires;
                 next = Some(next.map_or(at, |n| n.min(at)));
@@ -73,6 +73,7 @@ impl Queue {
             let mut inner = self.inner.lock();
             inner.ready.take_expired(now, &mut expired);
             self.args
+                .load()
                 .expires
                 .is_some_and(|e| inner.consumers.is_empty() && now >= inner.last_used + e)
         };

@@ -1,0 +1,278 @@
+//! Policies: per-vhost (pattern, apply-to, priority, definition) records that set queue and
+//! exchange behaviour without client arguments, as RabbitMQ's.
+//!
+//! For one queue or exchange the matching policy with the highest priority applies (one
+//! policy at a time, ties broken by name). Queue arguments win over policies as in RabbitMQ:
+//! for dead-letter-exchange, dead-letter-routing-key and overflow the argument is used when
+//! present; for the numeric limits message-ttl, expires, max-length, max-length-bytes and
+//! delivery-limit the smaller of the two applies.
+
+use crate::broker::args::{get, int_value};
+use crate::protocol::{AMQPValue, FieldTable, LongString};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplyTo {
+    Queues,
+    #[serde(rename = "classic_queues")]
+    ClassicQueues,
+    Exchanges,
+    All,
+}
+
+impl ApplyTo {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "queues" => Some(Self::Queues),
+            "classic_queues" => Some(Self::ClassicQueues),
+            "exchanges" => Some(Self::Exchanges),
+            "all" => Some(Self::All),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queues => "queues",
+            Self::ClassicQueues => "classic_queues",
+            Self::Exchanges => "exchanges",
+            Self::All => "all",
+        }
+    }
+
+    fn queues(self) -> bool {
+        matches!(self, Self::Queues | Self::ClassicQueues | Self::All)
+    }
+
+    fn exchanges(self) -> bool {
+        matches!(self, Self::Exchanges | Self::All)
+    }
+}
+
+/// A policy as stored and exported in definitions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PolicyRecord {
+    pub vhost: String,
+    pub name: String,
+    pub pattern: String,
+    #[serde(rename = "apply-to")]
+    pub apply_to: ApplyTo,
+    pub definition: Map<String, Value>,
+    pub priority: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub record: PolicyRecord,
+    re: Regex,
+}
+
+/// Policy keys that apply to queues, with the queue argument each stands for.
+const QUEUE_KEYS: &[(&str, &str)] = &[
+    ("message-ttl", "x-message-ttl"),
+    ("expires", "x-expires"),
+    ("max-length", "x-max-length"),
+    ("max-length-bytes", "x-max-length-bytes"),
+    ("overflow", "x-overflow"),
+    ("dead-letter-exchange", "x-dead-letter-exchange"),
+    ("dead-letter-routing-key", "x-dead-letter-routing-key"),
+    ("delivery-limit", "x-delivery-limit"),
+];
+
+/// Numeric keys where the smaller of argument and policy applies.
+const MIN_KEYS: &[&str] = &[
+    "x-message-ttl",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-delivery-limit",
+];
+
+impl Policy {
+    /// Validate a policy record (400-worthy errors are returned as text).
+    pub fn new(record: PolicyRecord) -> Result<Self, String> {
+        let re = Regex::new(&record.pattern)
+            .map_err(|e| format!("invalid pattern '{}': {e}", record.pattern))?;
+        if record.definition.is_empty() {
+            return Err("policy definition must not be empty".into());
+        }
+        for (k, v) in &record.definition {
+            let ok = match k.as_str() {
+                "message-ttl" | "max-length" | "max-length-bytes" | "delivery-limit" => {
+                    v.as_i64().is_some_and(|n| n >= 0)
+                }
+                "expires" => v.as_i64().is_some_and(|n| n > 0),
+                "overflow" => matches!(
+                    v.as_str(),
+                    Some("drop-head" | "reject-publish" | "reject-publish-dlx")
+                ),
+                "dead-letter-exchange" | "dead-letter-routing-key" | "alternate-exchange" => {
+                    v.is_string()
+                }
+                // Other keys (ha-mode, queue-mode, federation…) are kept but have no effect.
+                _ => true,
+            };
+            if !ok {
+                return Err(format!("invalid value for policy key '{k}': {v}"));
+            }
+        }
+        Ok(Policy { record, re })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.record.name
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        self.re.is_match(name)
+    }
+}
+
+/// The policy that applies to a queue (`queue = true`) or exchange named `name`.
+pub fn matching<'a>(policies: &'a [Policy], name: &str, queue: bool) -> Option<&'a Policy> {
+    policies
+        .iter()
+        .filter(|p| {
+            let kind = if queue {
+                p.record.apply_to.queues()
+            } else {
+                p.record.apply_to.exchanges()
+            };
+            kind && p.matches(name)
+        })
+        .max_by(|a, b| {
+            a.record
+                .priority
+                .cmp(&b.record.priority)
+                .then_with(|| b.record.name.cmp(&a.record.name))
+        })
+}
+
+fn json_to_arg(v: &Value) -> Option<AMQPValue> {
+    match v {
+        Value::Number(n) => n.as_i64().map(AMQPValue::LongLongInt),
+        Value::String(s) => Some(AMQPValue::LongString(LongString::from(
+            s.as_bytes().to_vec(),
+        ))),
+        _ => None,
+    }
+}
+
+/// A queue's effective arguments: its own, completed and limited by its policy.
+pub fn effective_queue_arguments(arguments: &FieldTable, policy: Option<&Policy>) -> FieldTable {
+    let Some(policy) = policy else {
+        return arguments.clone();
+    };
+    let mut out = arguments.clone();
+    for (key, arg) in QUEUE_KEYS {
+        let Some(pv) = policy.record.definition.get(*key).and_then(json_to_arg) else {
+            continue;
+        };
+        let merged = match get(arguments, arg) {
+            None => pv,
+            Some(av) if MIN_KEYS.contains(arg) => match (int_value(av), int_value(&pv)) {
+                (Some(a), Some(p)) => AMQPValue::LongLongInt(a.min(p)),
+                _ => av.clone(),
+            },
+            Some(av) => av.clone(),
+        };
+        out.insert((*arg).into(), merged);
+    }
+    out
+}
+
+/// The alternate exchange of an exchange: its argument, else its policy's.
+pub fn effective_alternate_exchange(
+    arguments: &FieldTable,
+    policy: Option<&Policy>,
+) -> Option<String> {
+    get(arguments, "alternate-exchange")
+        .and_then(crate::broker::args::str_value)
+        .or_else(|| {
+            policy
+                .and_then(|p| p.record.definition.get("alternate-exchange"))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policy(name: &str, pattern: &str, priority: i64, def: Value) -> Policy {
+        Policy::new(PolicyRecord {
+            vhost: "/".into(),
+            name: name.into(),
+            pattern: pattern.into(),
+            apply_to: ApplyTo::Queues,
+            definition: def.as_object().unwrap().clone(),
+            priority,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn highest_priority_wins() {
+        let ps = vec![
+            policy("low", "^jobs", 0, json!({"max-length": 10})),
+            policy("high", "^jobs\\.", 5, json!({"max-length": 20})),
+        ];
+        assert_eq!(matching(&ps, "jobs.gpu", true).unwrap().name(), "high");
+        assert_eq!(matching(&ps, "jobsx", true).unwrap().name(), "low");
+        assert!(matching(&ps, "other", true).is_none());
+        assert!(matching(&ps, "jobs.gpu", false).is_none());
+    }
+
+    #[test]
+    fn arguments_win() {
+        let p = policy(
+            "p",
+            ".*",
+            0,
+            json!({"max-length": 10, "message-ttl": 5000, "dead-letter-exchange": "dlx", "overflow": "reject-publish"}),
+        );
+        let mut args = FieldTable::default();
+        args.insert("x-max-length".into(), AMQPValue::LongInt(100));
+        args.insert("x-message-ttl".into(), AMQPValue::LongInt(1000));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("mine".into()),
+        );
+        let eff = effective_queue_arguments(&args, Some(&p));
+        assert_eq!(get(&eff, "x-max-length").and_then(int_value), Some(10));
+        assert_eq!(get(&eff, "x-message-ttl").and_then(int_value), Some(1000));
+        assert_eq!(
+            get(&eff, "x-dead-letter-exchange").and_then(crate::broker::args::str_value),
+            Some("mine".into())
+        );
+        assert_eq!(
+            get(&eff, "x-overflow").and_then(crate::broker::args::str_value),
+            Some("reject-publish".into())
+        );
+    }
+
+    #[test]
+    fn bad_definitions_refused() {
+        let rec = |def: Value| PolicyRecord {
+            vhost: "/".into(),
+            name: "p".into(),
+            pattern: ".*".into(),
+            apply_to: ApplyTo::All,
+            definition: def.as_object().unwrap().clone(),
+            priority: 0,
+        };
+        assert!(Policy::new(rec(json!({"max-length": -1}))).is_err());
+        assert!(Policy::new(rec(json!({"overflow": "nope"}))).is_err());
+        assert!(Policy::new(rec(json!({}))).is_err());
+        assert!(Policy::new(PolicyRecord {
+            pattern: "(".into(),
+            ..rec(json!({"expires": 1}))
+        })
+        .is_err());
+    }
+}

@@ -1,0 +1,85 @@
+//! What the management API reads and does on a queue from outside AMQP: its consumers,
+//! byte counts, fetching messages for display (`POST …/get`) and swapping its effective
+//! arguments when policies change.
+
+use super::args::QueueArgs;
+use super::Queue;
+use crate::broker::delivery::Consumer;
+use crate::broker::message::QueuedMessage;
+use crate::protocol::FieldTable;
+use std::sync::Arc;
+
+/// What to do with messages fetched through the management API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetMode {
+    /// Put them back (redelivered), as `ack_requeue_false`'s opposite `*_requeue_true`.
+    Requeue,
+    /// Remove them (`ack_requeue_false`).
+    Ack,
+    /// Remove them, dead-lettering (`reject_requeue_false`).
+    Reject,
+}
+
+impl Queue {
+    /// The queue's consumers, highest priority first.
+    pub fn consumers(&self) -> Vec<Arc<Consumer>> {
+        self.inner.lock().consumers.clone()
+    }
+
+    /// (ready messages, their body bytes, consumers) under one lock.
+    pub fn depth(&self) -> (u64, u64, u32) {
+        let inner = self.inner.lock();
+        (
+            inner.ready.len() as u64,
+            inner.ready.bytes(),
+            inner.consumers.len() as u32,
+        )
+    }
+
+    /// Take up to `count` messages from the head for display, then requeue, ack or reject
+    /// them. Each message comes back with the number of ready messages left behind it.
+    pub fn fetch(self: &Arc<Self>, count: usize, mode: GetMode) -> Vec<(QueuedMessage, u64)> {
+        let mut taken = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            let now = tokio::time::Instant::now();
+            while taken.len() < count {
+                let Some(qm) = inner.ready.pop() else { break };
+                if qm.deadline.is_some_and(|d| d < now) {
+                    // Expired: leave it to the timer's dead-lettering.
+                    inner.ready.requeue(qm);
+                    break;
+                }
+                let left = inner.ready.len() as u64;
+                taken.push((qm, left));
+            }
+        }
+        for (qm, _) in &taken {
+            self.stats.got(qm.redelivered, false);
+        }
+        let msgs: Vec<QueuedMessage> = taken.iter().map(|(m, _)| m.clone()).collect();
+        match mode {
+            GetMode::Requeue => self.requeue(msgs),
+            GetMode::Reject => self.reject(msgs),
+            GetMode::Ack => {
+                for m in &msgs {
+                    let _ = m;
+                }
+            }
+        }
+        taken
+    }
+
+    /// Apply new effective arguments (declared arguments with the matching policy).
+    pub fn set_effective_arguments(self: &Arc<Self>, effective: &FieldTable) {
+        let mut args = QueueArgs::from_table(effective);
+        // The number of priority levels is fixed when the queue is made.
+        args.max_priority = self.args.load().max_priority;
+        let expires = args.expires.is_some();
+        self.args.store(Arc::new(args));
+        if expires {
+            self.ensure_timer();
+        }
+        self.dispatch();
+    }
+}

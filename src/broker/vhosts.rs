@@ -1,0 +1,230 @@
+//! Vhosts and policies at runtime: create and delete vhosts (their records durable in the
+//! store's `meta` tree), and set or clear policies, re-applying them to the queues and
+//! exchanges they match.
+
+use super::policy::{self, Policy, PolicyRecord};
+use super::vhost::VHost;
+use super::Broker;
+use crate::store::StoreError;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// A vhost as stored and as exported in definitions.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VhostRecord {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_queue_type: Option<String>,
+}
+
+/// What management sets on a vhost: its description and tags, and its policies.
+#[derive(Debug, Default)]
+pub struct VhostSettings {
+    pub record: VhostRecord,
+    /// Sorted by name.
+    pub policies: Vec<Policy>,
+}
+
+impl Broker {
+    /// The vhost records in the store; on a data dir without any, `/` (and it is saved).
+    pub(super) fn stored_vhosts(&self) -> Result<Vec<VhostRecord>, StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(vec![VhostRecord {
+                name: "/".into(),
+                description: "Default virtual host".into(),
+                ..Default::default()
+            }]);
+        };
+        let mut recs: Vec<VhostRecord> = store.scan_meta("vhost", &[])?;
+        if recs.is_empty() {
+            let rec = VhostRecord {
+                name: "/".into(),
+                description: "Default virtual host".into(),
+                ..Default::default()
+            };
+            store.put_meta("vhost", &["/"], &rec);
+            recs.push(rec);
+        }
+        Ok(recs)
+    }
+
+    /// Give a recovered vhost its record and stored policies.
+    pub(super) fn load_vhost_settings(
+        &self,
+        vhost: &VHost,
+        rec: VhostRecord,
+    ) -> Result<(), StoreError> {
+        let mut policies = Vec::new();
+        if let Some(store) = &self.store {
+            for p in store.scan_meta::<PolicyRecord>("policy", &[&rec.name])? {
+                match Policy::new(p) {
+                    Ok(p) => policies.push(p),
+                    Err(e) => tracing::warn!(vhost = %rec.name, "policy not loaded: {e}"),
+                }
+            }
+        }
+        let mut s = vhost.settings.write();
+        s.record = rec;
+        s.policies = policies;
+        Ok(())
+    }
+
+    /// Create a vhost, or update the description and tags of an existing one. True if
+    /// created.
+    pub fn put_vhost(&self, rec: VhostRecord) -> bool {
+        if let Some(store) = &self.store {
+            store.put_meta("vhost", &[&rec.name], &rec);
+        }
+        if let Some(v) = self.vhost(&rec.name) {
+            v.settings.write().record = rec;
+            return false;
+        }
+        let vhost = VHost::new(&rec.name, self.store.clone());
+        let name = rec.name.clone();
+        vhost.settings.write().record = rec;
+        self.vhosts.insert(name.clone(), vhost);
+        tracing::info!(vhost = %name, "vhost created");
+        true
+    }
+
+    /// Delete a vhost with everything in it; its connections are closed with 320. False if
+    /// there was no such vhost.
+    pub fn delete_vhost(&self, name: &str) -> bool {
+        let Some((_, vhost)) = self.vhosts.remove(name) else {
+            return false;
+        };
+        for c in self.connections.iter() {
+            if c.info.read().vhost == name {
+                c.force_close(&format!("vhost '{name}' is deleted"));
+            }
+        }
+        let queues: Vec<_> = vhost.queues.iter().map(|q| q.clone()).collect();
+        for q in queues {
+            vhost.remove_queue(&q);
+        }
+        if let Some(store) = &self.store {
+            store.remove_vhost_definitions(name);
+            store.del_meta("vhost", &[name]);
+            store.clear_meta("policy", &[name]);
+        }
+        self.auth.clear_vhost(name);
+        tracing::info!(vhost = %name, "vhost deleted");
+        true
+    }
+
+    /// Set a policy (validated) and apply it. Ok(true) if it is new.
+    pub fn put_policy(&self, rec: PolicyRecord) -> Result<bool, String> {
+        let vhost = self
+            .vhost(&rec.vhost)
+            .ok_or_else(|| format!("no vhost '{}'", rec.vhost))?;
+        let p = Policy::new(rec)?;
+        if let Some(store) = &self.store {
+            store.put_meta("policy", &[&p.record.vhost, &p.record.name], &p.record);
+        }
+        let created = {
+            let mut s = vhost.settings.write();
+            let created = match s.policies.iter().position(|x| x.name() == p.name()) {
+                Some(i) => {
+                    s.policies[i] = p;
+                    false
+                }
+                None => {
+                    s.policies.push(p);
+                    s.policies.sort_by(|a, b| a.name().cmp(b.name()));
+                    true
+                }
+            };
+            created
+        };
+        vhost.apply_policies();
+        Ok(created)
+    }
+
+    /// Remove a policy; false if there was none.
+    pub fn delete_policy(&self, vhost_name: &str, name: &str) -> bool {
+        let Some(vhost) = self.vhost(vhost_name) else {
+            return false;
+        };
+        let removed = {
+            let mut s = vhost.settings.write();
+            let before = s.policies.len();
+            s.policies.retain(|p| p.name() != name);
+            before != s.policies.len()
+        };
+        if removed {
+            if let Some(store) = &self.store {
+                store.del_meta("policy", &[vhost_name, name]);
+            }
+            vhost.apply_policies();
+        }
+        removed
+    }
+}
+
+impl VHost {
+    /// The name of the policy that applies to a queue or exchange, if any.
+    pub fn policy_name(&self, name: &str, queue: bool) -> Option<String> {
+        let s = self.settings.read();
+        policy::matching(&s.policies, name, queue).map(|p| p.name().to_string())
+    }
+
+    /// The policy definition that applies to a queue or exchange (`{}` if none).
+    pub fn policy_definition(
+        &self,
+        name: &str,
+        queue: bool,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let s = self.settings.read();
+        policy::matching(&s.policies, name, queue)
+            .map(|p| p.record.definition.clone())
+            .unwrap_or_default()
+    }
+
+    /// A new queue: apply the policy that matches it, if any (its declared arguments are
+    /// already in effect otherwise).
+    pub fn apply_new_queue_policy(self: &Arc<Self>, q: &Arc<super::queue::Queue>) {
+        if !self.settings.read().policies.is_empty() {
+            self.apply_queue_policy(q);
+        }
+    }
+
+    /// A new exchange: apply the policy that matches it, if any.
+    pub fn apply_new_exchange_policy(&self, e: &Arc<super::exchange::Exchange>) {
+        if !self.settings.read().policies.is_empty() {
+            self.apply_exchange_policy(e);
+        }
+    }
+
+    /// Re-apply policies to every queue and exchange (after a policy changed, or at
+    /// recovery).
+    pub fn apply_policies(self: &Arc<Self>) {
+        let queues: Vec<_> = self.queues.iter().map(|q| q.clone()).collect();
+        for q in queues {
+            self.apply_queue_policy(&q);
+        }
+        let exchanges: Vec<_> = self.exchanges.iter().map(|e| e.clone()).collect();
+        for e in exchanges {
+            self.apply_exchange_policy(&e);
+        }
+    }
+
+    /// Compute a queue's effective arguments from its own and its policy, and apply them.
+    pub fn apply_queue_policy(self: &Arc<Self>, q: &Arc<super::queue::Queue>) {
+        let s = self.settings.read();
+        let p = policy::matching(&s.policies, q.name(), true);
+        let effective = policy::effective_queue_arguments(&q.spec.arguments, p);
+        drop(s);
+        q.set_effective_arguments(&effective);
+    }
+
+    /// An exchange's alternate exchange: its argument, else its policy's.
+    pub fn apply_exchange_policy(&self, e: &Arc<super::exchange::Exchange>) {
+        let s = self.settings.read();
+        let p = policy::matching(&s.policies, e.name(), false);
+        e.set_alternate(policy::effective_alternate_exchange(&e.spec.arguments, p));
+    }
+}
