@@ -24,7 +24,7 @@ fn filled(levels: u8) -> ReadyList {
             )
         })
         .collect();
-    let mut r = ReadyList::new(levels);
+    let mut r = ReadyList::new(levels, None);
     for seq in 0..N {
         r.push(QueuedMessage {
             seq,
@@ -32,6 +32,7 @@ fn filled(levels: u8) -> ReadyList {
             redelivered: false,
             deadline: None,
             delivery_count: 0,
+            persisted: false,
         });
     }
     r

@@ -200,7 +200,9 @@ impl ChannelShared {
                 &qm.msg.content(),
             )
         });
-        if !no_ack {
+        if no_ack {
+            queue.forget(&qm);
+        } else {
             d.unacked.insert(
                 tag,
                 Unacked {
@@ -282,7 +284,9 @@ impl Consumer {
                 &qm.msg.content(),
             )
         });
-        if !self.no_ack {
+        if self.no_ack {
+            queue.forget(&qm);
+        } else {
             self.unacked.fetch_add(1, Ordering::Relaxed);
             ch.global_unacked.fetch_add(1, Ordering::Relaxed);
             d.unacked.insert(

@@ -62,10 +62,19 @@ impl Broker {
                 .exchanges
                 .insert(spec.name.clone(), exchange::Exchange::new(spec));
         }
+        let started = std::time::Instant::now();
+        let mut messages = 0u64;
         for spec in rec.queues {
-            vhost
-                .queues
-                .insert(spec.name.clone(), queue::Queue::new(spec, &vhost));
+            let id = spec.store_id;
+            let q = queue::Queue::new(spec, &vhost, Some(store.clone()));
+            if let Some(id) = id {
+                messages += store.recover_messages(id, |qm| q.restore(qm))?;
+            }
+            vhost.queues.insert(q.name().to_string(), q);
+        }
+        store.start_flusher();
+        if messages > 0 {
+            tracing::info!(messages, elapsed = ?started.elapsed(), "recovered persistent messages");
         }
         for b in rec.bindings {
             if let Err(e) = vhost.bind_queue(&b.queue, &b.exchange, &b.routing_key, b.arguments, 0)

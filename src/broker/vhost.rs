@@ -250,6 +250,7 @@ impl VHost {
             name: d.name.clone(),
             durable: d.durable,
             exclusive_owner: d.exclusive.then_some(conn_id),
+            store_id: None,
             auto_delete: d.auto_delete,
             arguments: d.arguments,
         };
@@ -282,7 +283,11 @@ impl VHost {
                 Ok((q, false))
             }
             dashmap::mapref::entry::Entry::Vacant(v) => {
-                let q = Queue::new(spec, self);
+                let mut spec = spec;
+                if spec.durable && spec.exclusive_owner.is_none() {
+                    spec.store_id = self.store.as_ref().map(|s| s.new_queue_id());
+                }
+                let q = Queue::new(spec, self, self.store.clone());
                 self.apply_new_queue_policy(&q);
                 v.insert(q.clone());
                 if q.spec.durable && q.spec.exclusive_owner.is_none() {

@@ -238,45 +238,45 @@ impl Channel {
             publishes.push(TxPublish { publish, msg });
             return Ok(());
         }
-        let rejected = self.route_and_deliver(ctx, &exchange, &publish, msg);
+        let routed = self.route_and_deliver(ctx, &exchange, &publish, msg);
         if let Mode::Confirm(c) = &mut self.mode {
             c.last_seq += 1;
-            if rejected {
-                // Everything before it is settled: ack that, then nack this one.
-                let seq = c.last_seq;
-                c.last_seq -= 1;
-                self.flush_confirms();
-                if let Mode::Confirm(c) = &mut self.mode {
-                    c.last_seq = seq;
-                    c.reported = seq;
-                }
-                let id = self.id();
-                ctx.conn
-                    .out
-                    .write(|buf| encode::confirm_nack(buf, id, seq, false));
+            if routed.persisted || routed.rejected {
+                let epoch = match (&ctx.broker.store, routed.persisted) {
+                    (Some(store), true) => {
+                        store.request_flush();
+                        store.write_epoch()
+                    }
+                    _ => 0,
+                };
+                c.pending.push_back((c.last_seq, epoch, routed.rejected));
             }
         }
         Ok(())
     }
 
     /// Route a message to its queues; return it to the publisher if mandatory and
-    /// unroutable. True if a queue refused it (overflow reject-publish): a confirm nack.
+    /// unroutable.
     pub(super) fn route_and_deliver(
         &mut self,
         ctx: &ChannelCtx<'_>,
         exchange: &Arc<crate::broker::exchange::Exchange>,
         publish: &PendingPublish,
         mut msg: Arc<Message>,
-    ) -> bool {
+    ) -> Routed {
         // The routing result buffer is reused across publishes to avoid an allocation each.
         let mut queues = std::mem::take(&mut self.route_buf);
         ctx.conn.published.fetch_add(1, Ordering::Relaxed);
         ctx.vhost.route_publish(exchange, &mut msg, &mut queues);
         let mut delivered = false;
         let mut rejected = false;
+        let mut persisted = false;
         for q in queues.drain(..) {
             match q.publish(msg.clone()) {
-                Enqueued::Accepted => delivered = true,
+                Enqueued::Accepted => {
+                    delivered = true;
+                    persisted |= q.persists(&msg);
+                }
                 Enqueued::Rejected => {
                     delivered = true;
                     rejected = true;
@@ -298,8 +298,19 @@ impl Channel {
                 )
             });
         }
-        rejected
+        Routed {
+            rejected,
+            persisted,
+        }
     }
+}
+
+/// What happened to a published message.
+pub(super) struct Routed {
+    /// A queue refused it (overflow reject-publish, store failure): confirm with a nack.
+    pub rejected: bool,
+    /// A durable queue stored it: confirm only after the store flushed.
+    pub persisted: bool,
 }
 
 /// Ack (reject = None), or nack/reject with requeue, or without (dead-letter or drop).
@@ -318,6 +329,10 @@ pub(super) fn apply_settle(taken: Vec<Unacked>, reject: Option<bool>) {
                 q.reject(msgs);
             }
         }
-        None => drop(taken),
+        None => {
+            for u in taken {
+                u.queue.forget(&u.msg);
+            }
+        }
     }
 }

@@ -65,20 +65,27 @@ impl Channel {
                 };
                 let publishes = std::mem::take(publishes);
                 let acks = std::mem::take(acks);
+                let mut persisted = false;
                 for p in publishes {
                     // An exchange deleted since the publish drops the message, as RabbitMQ does.
                     if let Ok(exchange) = ctx.vhost.exchange(&p.publish.exchange) {
-                        let _rejected = self.route_and_deliver(ctx, &exchange, &p.publish, p.msg);
+                        persisted |= self
+                            .route_and_deliver(ctx, &exchange, &p.publish, p.msg)
+                            .persisted;
                     }
                 }
                 for a in acks {
                     apply_settle(a.taken, a.reject);
                 }
                 self.dispatch_consumed_queues();
-                self.send(
-                    ctx,
-                    AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
-                );
+                match (&ctx.broker.store, persisted) {
+                    // commit-ok only once the persistent messages are on disk.
+                    (Some(store), true) => self.deferred_commit = Some(store.write_epoch()),
+                    _ => self.send(
+                        ctx,
+                        AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+                    ),
+                }
                 Ok(())
             }
             tx::AMQPMethod::Rollback(_) => {

@@ -59,6 +59,24 @@ struct Confirms {
     last_seq: u64,
     /// Highest sequence number already acked or nacked to the client.
     reported: u64,
+    /// Publishes that cannot simply be acked with the rest, in order: (seq, store write
+    /// epoch that must be flushed first (0 = none), nack instead of ack).
+    pending: std::collections::VecDeque<(u64, u64, bool)>,
+}
+
+impl Confirms {
+    /// Ack everything up to `upto` that is not yet reported, as one `multiple` ack.
+    fn ack_upto(&mut self, shared: &ChannelShared, upto: u64) {
+        if upto > self.reported {
+            let multiple = upto > self.reported + 1;
+            let id = shared.id;
+            self.reported = upto;
+            shared
+                .conn
+                .out
+                .write(|buf| encode::confirm_ack(buf, id, upto, multiple));
+        }
+    }
 }
 
 /// A message published inside a transaction, routed at commit.
@@ -96,6 +114,8 @@ pub struct Channel {
     mode: Mode,
     /// Scratch buffer for routing results, reused by every publish.
     route_buf: Vec<Arc<Queue>>,
+    /// tx.commit-ok held until the store has flushed this write epoch.
+    pub deferred_commit: Option<u64>,
 }
 
 impl Channel {
@@ -109,6 +129,7 @@ impl Channel {
             consumer_prefetch: 0,
             mode: Mode::Normal,
             route_buf: Vec::new(),
+            deferred_commit: None,
         }
     }
 
@@ -259,19 +280,43 @@ impl Channel {
         self.publish(ctx, publish, *properties, raw_properties, body)
     }
 
-    /// Send the batched publisher-confirm ack, if any publishes are unreported.
-    pub fn flush_confirms(&mut self) {
-        if let Mode::Confirm(c) = &mut self.mode {
-            if c.last_seq > c.reported {
-                let multiple = c.last_seq > c.reported + 1;
-                let (id, tag) = (self.shared.id, c.last_seq);
-                c.reported = c.last_seq;
-                self.shared
-                    .conn
-                    .out
-                    .write(|buf| encode::confirm_ack(buf, id, tag, multiple));
+    /// Send the batched publisher confirms that are due: everything up to the first
+    /// publish still waiting for a store flush (`flushed` is the flushed write epoch).
+    pub fn flush_confirms(&mut self, flushed: u64) {
+        let Mode::Confirm(c) = &mut self.mode else {
+            return;
+        };
+        let shared = &self.shared;
+        loop {
+            match c.pending.front().copied() {
+                Some((seq, epoch, nack)) if epoch <= flushed => {
+                    c.pending.pop_front();
+                    if nack {
+                        c.ack_upto(shared, seq - 1);
+                        let id = shared.id;
+                        c.reported = seq;
+                        shared
+                            .conn
+                            .out
+                            .write(|buf| encode::confirm_nack(buf, id, seq, false));
+                    }
+                }
+                Some((seq, _, _)) => {
+                    c.ack_upto(shared, seq - 1);
+                    return;
+                }
+                None => {
+                    let last = c.last_seq;
+                    c.ack_upto(shared, last);
+                    return;
+                }
             }
         }
+    }
+
+    /// Confirms are held until the store flushes.
+    pub fn awaiting_flush(&self) -> bool {
+        matches!(&self.mode, Mode::Confirm(c) if c.pending.iter().any(|(_, e, _)| *e > 0))
     }
 
     /// Dispatch every queue this channel consumes from (credit was freed or flow resumed).

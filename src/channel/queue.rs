@@ -28,8 +28,7 @@ impl Channel {
                 } else {
                     self.queue_name(d.queue.as_str())?
                 };
-                ctx.access
-                    .queue_declare(&name, d.passive, &d.arguments)?;
+                ctx.access.queue_declare(&name, d.passive, &d.arguments)?;
                 let (queue, _created) = ctx.vhost.declare_queue(
                     QueueDeclare {
                         name: name.clone(),

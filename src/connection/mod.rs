@@ -142,6 +142,20 @@ pub(crate) struct Connection<R> {
     /// Permission checks for the user in the vhost (set by connection.open).
     access: Access,
     channels: HashMap<u16, Channel>,
+    /// The store's flushed write epoch: wakes the connection to send held confirms.
+    flushed: Option<watch::Receiver<u64>>,
+}
+
+/// Resolves when the flushed epoch moves (never, without a store).
+async fn flushed_changed(rx: &mut Option<watch::Receiver<u64>>) {
+    match rx {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 /// Serve one accepted socket until it closes.
@@ -176,6 +190,7 @@ pub async fn serve<S>(
         user: String::new(),
         access: Access::new(broker.auth.clone(), "", ""),
         channels: HashMap::new(),
+        flushed: broker.store.as_ref().map(|s| s.subscribe_flushed()),
     };
     let exit = match c.handshake(&mut shutdown).await {
         Ok(true) => {
@@ -241,9 +256,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     Err(fe) => return Exit::Error(fe.error),
                 }
             }
-            for ch in self.channels.values_mut() {
-                ch.flush_confirms();
-            }
+            self.settle_durability().await;
             self.shared.out.room().await;
             // Ack timeouts are checked at a quarter of the shortest one in use.
             let tick = self
@@ -252,6 +265,8 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 .filter_map(|c| c.shortest_ack_timeout())
                 .min()
                 .map(|t| (t / 4).clamp(Duration::from_millis(10), Duration::from_secs(5)));
+            let awaiting_flush = self.channels.values().any(|c| c.awaiting_flush());
+            let mut flushed = self.flushed.take();
             tokio::select! {
                 r = self.fill() => match r {
                     Ok(true) => {}
@@ -264,12 +279,40 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     let reason = shared.kill_reason.lock().take().unwrap_or_default();
                     return Exit::Error(AmqpError::new(ReplyCode::ConnectionForced, reason));
                 }
+                _ = flushed_changed(&mut flushed), if awaiting_flush => {}
                 _ = tokio::time::sleep(tick.unwrap_or(Duration::MAX)), if tick.is_some() => {
                     if let Err(e) = self.check_ack_timeouts() {
                         return Exit::Error(e);
                     }
                 }
             }
+            self.flushed = flushed;
+        }
+    }
+
+    /// Send what waited for the store: tx.commit-ok once its messages are flushed, and the
+    /// publisher confirms that are due.
+    async fn settle_durability(&mut self) {
+        let store = self.broker.store.clone();
+        for (id, ch) in self.channels.iter_mut() {
+            if let Some(epoch) = ch.deferred_commit.take() {
+                if let Some(store) = &store {
+                    store.wait_flushed(epoch).await;
+                }
+                self.shared.send(
+                    *id,
+                    AMQPClass::Tx(amq_protocol::protocol::tx::AMQPMethod::CommitOk(
+                        amq_protocol::protocol::tx::CommitOk {},
+                    )),
+                );
+            }
+        }
+        let flushed = store
+            .as_ref()
+            .map(|s| s.flushed_epoch())
+            .unwrap_or(u64::MAX);
+        for ch in self.channels.values_mut() {
+            ch.flush_confirms(flushed);
         }
     }
 

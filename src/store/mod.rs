@@ -2,6 +2,8 @@
 //! bindings) written when declared and recovered at start. The data dir carries a format
 //! version so a newer layout is refused.
 
+pub mod messages;
+
 use crate::broker::exchange::{ExchangeSpec, ExchangeType};
 use crate::broker::queue::QueueSpec;
 use crate::protocol::FieldTable;
@@ -38,6 +40,9 @@ struct ExchangeRecord {
 #[derive(Serialize, Deserialize)]
 struct QueueRecord {
     name: String,
+    /// Key prefix of the queue's message records.
+    #[serde(default)]
+    id: u64,
     auto_delete: bool,
     arguments: FieldTable,
 }
@@ -71,6 +76,19 @@ pub struct Recovered {
 pub struct Store {
     db: sled::Db,
     defs: sled::Tree,
+    /// Persistent message records (see messages.rs).
+    msgs: sled::Tree,
+    /// Count of message writes; a confirm waits until `flushed` reaches its write.
+    write_epoch: std::sync::atomic::AtomicU64,
+    flushed: tokio::sync::watch::Sender<u64>,
+    flush_wake: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Let the flusher task notice the store is gone and end.
+        self.flush_wake.notify_one();
+    }
 }
 
 fn key(parts: &[&str]) -> Vec<u8> {
@@ -100,7 +118,15 @@ impl Store {
             }
         }
         let defs = db.open_tree("definitions")?;
-        Ok(Store { db, defs })
+        let msgs = db.open_tree("messages")?;
+        Ok(Store {
+            db,
+            defs,
+            msgs,
+            write_epoch: std::sync::atomic::AtomicU64::new(0),
+            flushed: tokio::sync::watch::channel(0).0,
+            flush_wake: std::sync::Arc::new(tokio::sync::Notify::new()),
+        })
     }
 
     fn put<T: Serialize>(&self, k: Vec<u8>, v: &T) {
@@ -138,6 +164,7 @@ impl Store {
     pub fn save_queue(&self, vhost: &str, spec: &QueueSpec) {
         let rec = QueueRecord {
             name: spec.name.clone(),
+            id: spec.store_id.unwrap_or(0),
             auto_delete: spec.auto_delete,
             arguments: spec.arguments.clone(),
         };
@@ -267,6 +294,7 @@ impl Store {
                             name: r.name,
                             durable: true,
                             exclusive_owner: None,
+                            store_id: (r.id != 0).then_some(r.id),
                             auto_delete: r.auto_delete,
                             arguments: r.arguments,
                         });

@@ -17,9 +17,10 @@ use super::message::{Message, QueuedMessage};
 use super::vhost::VHost;
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::FieldTable;
+use crate::store::Store;
 use args::{Overflow, QueueArgs};
 use parking_lot::Mutex;
-use ready::ReadyList;
+use ready::{Pager, ReadyList};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -33,6 +34,8 @@ pub struct QueueSpec {
     pub durable: bool,
     /// Owning connection of an exclusive queue.
     pub exclusive_owner: Option<u64>,
+    /// Key prefix of its persistent messages in the store (durable, non-exclusive queues).
+    pub store_id: Option<u64>,
     pub auto_delete: bool,
     pub arguments: FieldTable,
 }
@@ -69,6 +72,8 @@ pub struct Queue {
     timer_started: AtomicBool,
     /// Message counters for the management API and metrics.
     pub stats: stats::QueueStats,
+    /// Where its persistent messages are stored (durable, non-exclusive queues).
+    store: Option<Arc<Store>>,
 }
 
 /// Dead-letter work collected under the lock, done after it.
@@ -92,11 +97,24 @@ struct QueueInner {
 }
 
 impl Queue {
-    pub fn new(spec: QueueSpec, vhost: &Arc<VHost>) -> Arc<Self> {
+    /// Body bytes of persistent messages a durable queue keeps in memory before paging
+    /// further ones out to the store.
+    pub const MEMORY_BUDGET: u64 = 8 * 1024 * 1024;
+
+    pub fn new(spec: QueueSpec, vhost: &Arc<VHost>, store: Option<Arc<Store>>) -> Arc<Self> {
         let args = QueueArgs::from_table(&spec.arguments);
+        let store = store.filter(|_| spec.store_id.is_some());
+        let pager = match (&store, spec.store_id) {
+            (Some(s), Some(id)) => Some(Pager {
+                store: s.clone(),
+                queue_id: id,
+                memory_budget: Self::MEMORY_BUDGET,
+            }),
+            _ => None,
+        };
         let q = Arc::new(Queue {
             inner: Mutex::new(QueueInner {
-                ready: ReadyList::new(args.max_priority),
+                ready: ReadyList::new(args.max_priority, pager),
                 next_seq: 0,
                 consumers: Vec::new(),
                 cursor: 0,
@@ -113,6 +131,7 @@ impl Queue {
             timer: Arc::new(Notify::new()),
             timer_started: AtomicBool::new(false),
             stats: stats::QueueStats::default(),
+            store,
         });
         if q.args.load().expires.is_some() {
             q.ensure_timer();
@@ -176,18 +195,24 @@ impl Queue {
             }
             let seq = inner.next_seq;
             inner.next_seq += 1;
-            let qm = QueuedMessage {
+            let mut qm = QueuedMessage {
                 seq,
                 deadline: self.deadline_for(&msg, now),
                 msg,
                 redelivered: false,
                 delivery_count: 0,
+                persisted: false,
             };
             let len = qm.msg.body.len() as u64;
-            if self.args.load().overflow != Overflow::DropHead && self.over_limit(&inner.ready, 1, len) {
+            if self.args.load().overflow != Overflow::DropHead
+                && self.over_limit(&inner.ready, 1, len)
+            {
                 if self.args.load().overflow == Overflow::RejectPublishDlx {
                     dead.push((qm, DeathReason::Maxlen));
                 }
+                Enqueued::Rejected
+            } else if !self.persist(&mut qm) {
+                // Not stored: the publisher must not get a positive confirm.
                 Enqueued::Rejected
             } else {
                 let deadline = qm.deadline;
@@ -274,8 +299,8 @@ impl Queue {
         if inner.consumers.is_empty() {
             return;
         }
-        while let Some(head) = inner.ready.peek() {
-            if head.deadline.is_some_and(|d| d < now) {
+        while let Some(head_deadline) = inner.ready.head_deadline() {
+            if head_deadline.is_some_and(|d| d < now) {
                 if let Some(m) = inner.ready.pop() {
                     dead.push((m, DeathReason::Expired));
                 }
@@ -446,7 +471,49 @@ impl Queue {
 
     /// Drop all ready messages; returns how many.
     pub fn purge(&self) -> u32 {
-        self.inner.lock().ready.clear() as u32
+        let (n, stored) = self.inner.lock().ready.clear();
+        if let (Some(store), Some(id)) = (&self.store, self.spec.store_id) {
+            for seq in stored {
+                store.remove_message(id, seq);
+            }
+        }
+        n as u32
+    }
+
+    /// Does a message published here need a flush before its confirm?
+    pub fn persists(&self, msg: &Message) -> bool {
+        self.store.is_some() && msg.is_persistent()
+    }
+
+    /// Store a persistent message in a durable queue. False if the store failed.
+    fn persist(&self, qm: &mut QueuedMessage) -> bool {
+        match (&self.store, self.spec.store_id) {
+            (Some(store), Some(id)) if qm.msg.is_persistent() => {
+                qm.persisted = store.put_message(id, qm);
+                qm.persisted
+            }
+            _ => true,
+        }
+    }
+
+    /// A message left the queue for good (acked, dead-lettered, dropped): remove its record.
+    pub fn forget(&self, qm: &QueuedMessage) {
+        if qm.persisted {
+            if let (Some(store), Some(id)) = (&self.store, self.spec.store_id) {
+                store.remove_message(id, qm.seq);
+            }
+        }
+    }
+
+    /// Put back a message recovered from the store at start-up.
+    pub fn restore(self: &Arc<Self>, qm: QueuedMessage) {
+        let mut inner = self.inner.lock();
+        inner.next_seq = inner.next_seq.max(qm.seq + 1);
+        let deadline = qm.deadline;
+        inner.ready.push(qm);
+        if let Some(d) = deadline {
+            self.arm(&mut inner, d);
+        }
     }
 
     pub fn has_consumers(&self) -> bool {
@@ -469,7 +536,10 @@ impl Queue {
     pub fn mark_deleted(&self) -> (Vec<InboundBinding>, Vec<Arc<Consumer>>, u32) {
         let mut inner = self.inner.lock();
         self.deleted.store(true, Ordering::Release);
-        let n = inner.ready.clear() as u32;
+        let n = inner.ready.clear().0 as u32;
+        if let (Some(store), Some(id)) = (&self.store, self.spec.store_id) {
+            store.remove_queue_messages(id);
+        }
         let consumers = std::mem::take(&mut inner.consumers);
         for c in &consumers {
             c.active.store(false, Ordering::Release);
@@ -481,6 +551,9 @@ impl Queue {
     fn dead_letter(&self, dead: Dead) {
         if dead.is_empty() {
             return;
+        }
+        for (qm, _) in &dead {
+            self.forget(qm);
         }
         if let Some(vhost) = self.vhost.upgrade() {
             super::dead_letter::dead_letter(&vhost, self, dead);

@@ -5,17 +5,82 @@
 //! does not grow with queue length. A message that expires while not at the head is taken
 //! out through the deadline index and left as a tombstone in its FIFO, skipped at dequeue.
 //!
+//! Persistent messages of a durable queue beyond the queue's memory budget are kept as a
+//! few-byte reference and read back from the store when their turn comes (disk-first), so
+//! memory does not grow with the backlog.
+//!
 //! Only messages with a per-message `expiration` go into the deadline index. Deadlines that
 //! come from the queue's x-message-ttl alone grow with publish order, so within a level they
 //! are already sorted and the level's head is the next to expire: no index cost for them.
 
 use crate::broker::message::QueuedMessage;
+use crate::store::Store;
 use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::sync::Arc;
 use tokio::time::Instant;
+
+/// A ready message whose content is only in the store.
+#[derive(Debug, Clone)]
+struct DiskRef {
+    seq: u64,
+    len: u32,
+    deadline: Option<Instant>,
+    indexed: bool,
+    delivery_count: u32,
+    redelivered: bool,
+}
+
+/// One entry of a priority level's FIFO.
+#[derive(Debug, Clone)]
+enum Slot {
+    Mem(QueuedMessage),
+    Disk(DiskRef),
+}
+
+impl Slot {
+    fn seq(&self) -> u64 {
+        match self {
+            Slot::Mem(m) => m.seq,
+            Slot::Disk(d) => d.seq,
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            Slot::Mem(m) => m.deadline,
+            Slot::Disk(d) => d.deadline,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Slot::Mem(m) => m.msg.body.len() as u64,
+            Slot::Disk(d) => d.len as u64,
+        }
+    }
+
+    fn indexed(&self) -> Option<Instant> {
+        match self {
+            Slot::Mem(m) => m.deadline.filter(|_| m.msg.expiration_ms.is_some()),
+            Slot::Disk(d) => d.deadline.filter(|_| d.indexed),
+        }
+    }
+}
+
+/// Where paged-out messages are read back from.
+pub struct Pager {
+    pub store: Arc<Store>,
+    pub queue_id: u64,
+    /// Body bytes kept in memory before further persistent messages are paged out.
+    pub memory_budget: u64,
+}
 
 pub struct ReadyList {
     /// Index = effective priority.
-    levels: Vec<VecDeque<QueuedMessage>>,
+    levels: Vec<VecDeque<Slot>>,
+    pager: Option<Pager>,
+    /// Body bytes of the messages held in memory.
+    mem_bytes: u64,
     /// Levels that may be non-empty, highest first, is found by scanning `levels` downward.
     len: usize,
     bytes: u64,
@@ -26,11 +91,13 @@ pub struct ReadyList {
 }
 
 impl ReadyList {
-    pub fn new(max_priority: u8) -> Self {
+    pub fn new(max_priority: u8, pager: Option<Pager>) -> Self {
         ReadyList {
             levels: (0..=max_priority as usize)
                 .map(|_| VecDeque::new())
                 .collect(),
+            pager,
+            mem_bytes: 0,
             len: 0,
             bytes: 0,
             deadlines: BTreeSet::new(),
@@ -55,59 +122,98 @@ impl ReadyList {
         qm.msg.priority().min(max)
     }
 
-    /// Deadlines from a per-message expiration are indexed; queue-TTL ones are ordered.
-    fn indexed(qm: &QueuedMessage) -> Option<Instant> {
-        qm.deadline.filter(|_| qm.msg.expiration_ms.is_some())
-    }
-
-    fn account_in(&mut self, qm: &QueuedMessage, level: u8) {
+    fn account_in(&mut self, slot: &Slot, level: u8) {
         self.len += 1;
-        self.bytes += qm.msg.body.len() as u64;
-        if let Some(d) = Self::indexed(qm) {
-            self.deadlines.insert((d, qm.seq, level));
+        self.bytes += slot.len();
+        if let Slot::Mem(_) = slot {
+            self.mem_bytes += slot.len();
+        }
+        if let Some(d) = slot.indexed() {
+            self.deadlines.insert((d, slot.seq(), level));
         }
     }
 
-    fn account_out(&mut self, qm: &QueuedMessage, level: u8) {
+    fn account_out(&mut self, slot: &Slot, level: u8) {
         self.len -= 1;
-        self.bytes -= qm.msg.body.len() as u64;
-        if let Some(d) = Self::indexed(qm) {
-            self.deadlines.remove(&(d, qm.seq, level));
+        self.bytes -= slot.len();
+        if let Slot::Mem(_) = slot {
+            self.mem_bytes -= slot.len();
+        }
+        if let Some(d) = slot.indexed() {
+            self.deadlines.remove(&(d, slot.seq(), level));
         }
     }
 
-    /// The first live message of one level, dropping tombstones in front of it.
-    fn live_front(&mut self, level: usize) -> Option<&QueuedMessage> {
-        let fifo = &mut self.levels[level];
-        while let Some(front) = fifo.front() {
-            if self.tombstones.is_empty() || !self.tombstones.remove(&front.seq) {
-                break;
+    /// Keep a message in memory, or page it out if it is stored and memory is spent.
+    fn slot_for(&self, qm: QueuedMessage) -> Slot {
+        match &self.pager {
+            Some(p)
+                if qm.persisted && self.mem_bytes + qm.msg.body.len() as u64 > p.memory_budget =>
+            {
+                Slot::Disk(DiskRef {
+                    seq: qm.seq,
+                    len: qm.msg.body.len() as u32,
+                    deadline: qm.deadline,
+                    indexed: qm.msg.expiration_ms.is_some(),
+                    delivery_count: qm.delivery_count,
+                    redelivered: qm.redelivered,
+                })
             }
-            fifo.pop_front();
+            _ => Slot::Mem(qm),
         }
-        self.levels[level].front()
     }
 
-    /// Append a newly published message.
+    /// Turn a slot back into a message, reading it from the store if it was paged out.
+    fn materialize(&self, slot: Slot) -> Option<QueuedMessage> {
+        match slot {
+            Slot::Mem(m) => Some(m),
+            Slot::Disk(d) => {
+                let p = self.pager.as_ref()?;
+                match p.store.get_message(p.queue_id, d.seq) {
+                    Some(mut m) => {
+                        m.deadline = d.deadline;
+                        m.delivery_count = d.delivery_count;
+                        m.redelivered = d.redelivered;
+                        Some(m)
+                    }
+                    None => {
+                        tracing::error!(
+                            queue_id = p.queue_id,
+                            seq = d.seq,
+                            "a stored message could not be read back; skipped"
+                        );
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Append a newly published (or recovered) message.
     pub fn push(&mut self, qm: QueuedMessage) {
         let level = self.level_of(&qm);
-        self.account_in(&qm, level);
-        self.levels[level as usize].push_back(qm);
+        let slot = self.slot_for(qm);
+        self.account_in(&slot, level);
+        self.levels[level as usize].push_back(slot);
     }
 
-    /// Put a message back at its place in publish order.
+    /// Put a message back at its place in publish order (kept in memory: it is usually
+    /// near the head and about to be delivered again).
     pub fn requeue(&mut self, qm: QueuedMessage) {
         let level = self.level_of(&qm);
-        self.account_in(&qm, level);
+        let slot = Slot::Mem(qm);
+        self.account_in(&slot, level);
+        let seq = slot.seq();
         let fifo = &mut self.levels[level as usize];
-        let pos = fifo.partition_point(|m| m.seq < qm.seq);
-        fifo.insert(pos, qm);
+        let pos = fifo.partition_point(|m| m.seq() < seq);
+        fifo.insert(pos, slot);
     }
 
-    /// The message that would be delivered next, without taking it.
-    pub fn peek(&mut self) -> Option<&QueuedMessage> {
+    /// The deadline of the message that would be delivered next: None if the queue is
+    /// empty, Some(None) if it does not expire.
+    pub fn head_deadline(&mut self) -> Option<Option<Instant>> {
         let level = self.front_level()?;
-        self.levels[level].front()
+        self.levels[level].front().map(Slot::deadline)
     }
 
     /// Highest non-empty level, dropping tombstones found at the fronts.
@@ -115,37 +221,47 @@ impl ReadyList {
         if self.len == 0 {
             return None;
         }
-        for level in (0..self.levels.len()).rev() {
-            let fifo = &mut self.levels[level];
-            while let Some(front) = fifo.front() {
-                if self.tombstones.is_empty() || !self.tombstones.remove(&front.seq) {
-                    return Some(level);
-                }
-                fifo.pop_front();
-            }
-        }
-        None
+        (0..self.levels.len())
+            .rev()
+            .find(|&level| self.live_front(level).is_some())
     }
 
     /// Take the next message to deliver.
     pub fn pop(&mut self) -> Option<QueuedMessage> {
-        let level = self.front_level()?;
-        let qm = self.levels[level].pop_front()?;
-        self.account_out(&qm, level as u8);
-        Some(qm)
+        loop {
+            let level = self.front_level()?;
+            let slot = self.levels[level].pop_front()?;
+            self.account_out(&slot, level as u8);
+            if let Some(m) = self.materialize(slot) {
+                return Some(m);
+            }
+        }
+    }
+
+    /// The first live slot of one level, dropping tombstones in front of it.
+    fn live_front(&mut self, level: usize) -> Option<&Slot> {
+        let fifo = &mut self.levels[level];
+        while let Some(front) = fifo.front() {
+            if self.tombstones.is_empty() || !self.tombstones.remove(&front.seq()) {
+                break;
+            }
+            fifo.pop_front();
+        }
+        self.levels[level].front()
     }
 
     /// Take every message whose deadline is at or before `now`.
     pub fn take_expired(&mut self, now: Instant, out: &mut Vec<QueuedMessage>) {
+        let mut slots = Vec::new();
         for level in 0..self.levels.len() {
             while self
                 .live_front(level)
-                .and_then(|m| m.deadline)
+                .and_then(Slot::deadline)
                 .is_some_and(|d| d <= now)
             {
-                if let Some(qm) = self.levels[level].pop_front() {
-                    self.account_out(&qm, level as u8);
-                    out.push(qm);
+                if let Some(slot) = self.levels[level].pop_front() {
+                    self.account_out(&slot, level as u8);
+                    slots.push(slot);
                 }
             }
         }
@@ -154,19 +270,20 @@ impl ReadyList {
                 break;
             }
             let fifo = &self.levels[level as usize];
-            let idx = fifo.partition_point(|m| m.seq < seq);
-            let Some(qm) = fifo.get(idx).filter(|m| m.seq == seq).cloned() else {
+            let idx = fifo.partition_point(|m| m.seq() < seq);
+            let Some(slot) = fifo.get(idx).filter(|m| m.seq() == seq).cloned() else {
                 self.deadlines.pop_first();
                 continue;
             };
-            self.account_out(&qm, level);
+            self.account_out(&slot, level);
             if idx == 0 {
                 self.levels[level as usize].pop_front();
             } else {
                 self.tombstones.insert(seq);
             }
-            out.push(qm);
+            slots.push(slot);
         }
+        out.extend(slots.into_iter().filter_map(|s| self.materialize(s)));
     }
 
     /// The earliest deadline of a ready message (a lower bound: a level's head may have an
@@ -174,24 +291,36 @@ impl ReadyList {
     pub fn next_deadline(&mut self) -> Option<Instant> {
         let mut next = self.deadlines.first().map(|(d, _, _)| *d);
         for level in 0..self.levels.len() {
-            if let Some(d) = self.live_front(level).and_then(|m| m.deadline) {
+            if let Some(d) = self.live_front(level).and_then(Slot::deadline) {
                 next = Some(next.map_or(d, |n| n.min(d)));
             }
         }
         next
     }
 
-    /// Remove everything; returns how many live messages there were.
-    pub fn clear(&mut self) -> usize {
+    /// Remove everything; returns how many live messages there were and the seqs of the
+    /// stored ones (whose records must go too).
+    pub fn clear(&mut self) -> (usize, Vec<u64>) {
         let n = self.len;
+        let mut stored = Vec::new();
         for fifo in &mut self.levels {
-            fifo.clear();
+            for slot in fifo.drain(..) {
+                if self.tombstones.contains(&slot.seq()) {
+                    continue;
+                }
+                match slot {
+                    Slot::Mem(m) if m.persisted => stored.push(m.seq),
+                    Slot::Disk(d) => stored.push(d.seq),
+                    Slot::Mem(_) => {}
+                }
+            }
         }
         self.len = 0;
         self.bytes = 0;
+        self.mem_bytes = 0;
         self.deadlines.clear();
         self.tombstones.clear();
-        n
+        (n, stored)
     }
 }
 
@@ -220,12 +349,13 @@ mod tests {
             redelivered: false,
             deadline,
             delivery_count: 0,
+            persisted: false,
         }
     }
 
     #[test]
     fn higher_priority_first_fifo_within_and_capped_at_max() {
-        let mut r = ReadyList::new(5);
+        let mut r = ReadyList::new(5, None);
         r.push(qm(0, 1, None));
         r.push(qm(1, 9, None)); // above max: counts as 5
         r.push(qm(2, 5, None));
@@ -237,7 +367,7 @@ mod tests {
 
     #[test]
     fn requeue_returns_to_original_place() {
-        let mut r = ReadyList::new(0);
+        let mut r = ReadyList::new(0, None);
         for s in 0..4 {
             r.push(qm(s, 0, None));
         }
@@ -252,7 +382,7 @@ mod tests {
     #[test]
     fn expiry_takes_messages_from_the_middle() {
         let now = Instant::now();
-        let mut r = ReadyList::new(0);
+        let mut r = ReadyList::new(0, None);
         r.push(qm(0, 0, Some(now + Duration::from_secs(60))));
         r.push(qm(1, 0, Some(now + Duration::from_secs(1))));
         r.push(qm(2, 0, None));
@@ -269,7 +399,7 @@ mod tests {
     #[test]
     fn queue_ttl_deadlines_expire_from_the_heads_without_the_index() {
         let now = Instant::now();
-        let mut r = ReadyList::new(1);
+        let mut r = ReadyList::new(1, None);
         let plain = |seq, prio, secs| {
             let mut m = qm(seq, prio, None);
             m.deadline = Some(now + Duration::from_secs(secs));
