@@ -52,7 +52,9 @@ impl Hasher for FxHasher {
 
     #[inline]
     fn finish(&self) -> u64 {
-        self.hash
+        // The multiply leaves the low bits depending only on the input's low bits; the
+        // table indexes by the low bits, so bring the well-mixed high bits down.
+        self.hash.rotate_left(26)
     }
 }
 

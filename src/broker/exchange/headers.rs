@@ -9,8 +9,11 @@
 //! no considered keys matches every message; `any` with none matches nothing.
 //!
 //! Bindings are indexed by header name and value, so routing looks up each message header
-//! once instead of testing every binding: `any` bindings match on their first hit, `all`
-//! bindings when every one of their keys was hit.
+//! once instead of testing every binding. An `any` binding is indexed under each of its
+//! keys, and a hit is a match. An `all` binding is indexed under one key, its anchor (the
+//! one with the shortest list when it was bound, preferring values to presence), and a hit
+//! there is checked against its other keys; so a common value such as `format=json` shared
+//! by thousands of bindings costs nothing unless it is the only thing they ask for.
 
 use super::fxhash::{FxHashMap, FxHasher};
 use super::{Binding, Destination, Matcher};
@@ -121,8 +124,23 @@ type Id = u32;
 struct Compiled {
     binding: Binding,
     any: bool,
-    /// Considered (key, value) pairs; `all` matches when all of them are hit.
+    /// Considered (key, value) pairs.
     pairs: Vec<(String, AMQPValue)>,
+    /// Which pairs are in the index: all of them for `any`, the anchor for `all`.
+    indexed: Vec<usize>,
+}
+
+impl Compiled {
+    /// Does a message with these headers satisfy every pair?
+    fn all_match(&self, headers: &FieldTable) -> bool {
+        self.pairs
+            .iter()
+            .all(|(k, want)| match headers.inner().get(k.as_str()) {
+                None => false,
+                Some(_) if matches!(want, AMQPValue::Void) => true,
+                Some(have) => header_eq(want, have),
+            })
+    }
 }
 
 /// Bindings that want one header, by value.
@@ -172,6 +190,60 @@ fn remove_id(list: &mut Vec<Id>, id: Id) {
 }
 
 impl HeadersMatcher {
+    /// How many bindings a message carrying this pair would reach through the index;
+    /// presence is counted as dearer than a value, as more messages carry the header.
+    fn anchor_cost(&self, k: &str, v: &AMQPValue) -> usize {
+        let Some(ki) = self.index.get(k) else {
+            return if matches!(v, AMQPValue::Void) { 1 } else { 0 };
+        };
+        if matches!(v, AMQPValue::Void) {
+            return 1 + 4 * ki.presence.len();
+        }
+        ki.by_value
+            .get(&value_hash(v))
+            .and_then(|groups| groups.iter().find(|(g, _)| header_eq(g, v)))
+            .map_or(0, |(_, ids)| ids.len())
+            + ki.presence.len()
+    }
+
+    fn index_pair(&mut self, k: &str, v: &AMQPValue, id: Id) {
+        let ki = self.index.entry(k.to_string()).or_default();
+        if matches!(v, AMQPValue::Void) {
+            ki.presence.push(id);
+            return;
+        }
+        let groups = ki.by_value.entry(value_hash(v)).or_default();
+        match groups.iter_mut().find(|(g, _)| header_eq(g, v)) {
+            Some((_, ids)) => ids.push(id),
+            None => groups.push((v.clone(), vec![id])),
+        }
+    }
+
+    fn unindex_pair(&mut self, k: &str, v: &AMQPValue, id: Id) {
+        let Some(ki) = self.index.get_mut(k) else {
+            return;
+        };
+        if matches!(v, AMQPValue::Void) {
+            remove_id(&mut ki.presence, id);
+        } else {
+            let h = value_hash(v);
+            if let Some(groups) = ki.by_value.get_mut(&h) {
+                if let Some(g) = groups.iter().position(|(g, _)| header_eq(g, v)) {
+                    remove_id(&mut groups[g].1, id);
+                    if groups[g].1.is_empty() {
+                        groups.swap_remove(g);
+                    }
+                }
+                if groups.is_empty() {
+                    ki.by_value.remove(&h);
+                }
+            }
+        }
+        if ki.is_empty() {
+            self.index.remove(k);
+        }
+    }
+
     fn find(&self, b: &Binding) -> Option<Id> {
         self.by_destination
             .get(&dest_key(&b.destination))?
@@ -210,17 +282,17 @@ impl Matcher for HeadersMatcher {
                 (self.slots.len() - 1) as Id
             }
         };
-        for (k, v) in &pairs {
-            let ki = self.index.entry(k.clone()).or_default();
-            if matches!(v, AMQPValue::Void) {
-                ki.presence.push(id);
-                continue;
-            }
-            let groups = ki.by_value.entry(value_hash(v)).or_default();
-            match groups.iter_mut().find(|(g, _)| header_eq(g, v)) {
-                Some((_, ids)) => ids.push(id),
-                None => groups.push((v.clone(), vec![id])),
-            }
+        let indexed: Vec<usize> = if any {
+            (0..pairs.len()).collect()
+        } else {
+            (0..pairs.len())
+                .min_by_key(|i| self.anchor_cost(&pairs[*i].0, &pairs[*i].1))
+                .into_iter()
+                .collect()
+        };
+        for i in &indexed {
+            let (k, v) = &pairs[*i];
+            self.index_pair(k, v, id);
         }
         if pairs.is_empty() && !any {
             self.always.push(id);
@@ -233,6 +305,7 @@ impl Matcher for HeadersMatcher {
             binding: b,
             any,
             pairs,
+            indexed,
         });
         self.count += 1;
         Ok(true)
@@ -243,29 +316,9 @@ impl Matcher for HeadersMatcher {
             return false;
         };
         let c = self.slots[id as usize].take().expect("found");
-        for (k, v) in &c.pairs {
-            let Some(ki) = self.index.get_mut(k.as_str()) else {
-                continue;
-            };
-            if matches!(v, AMQPValue::Void) {
-                remove_id(&mut ki.presence, id);
-            } else {
-                let h = value_hash(v);
-                if let Some(groups) = ki.by_value.get_mut(&h) {
-                    if let Some(g) = groups.iter().position(|(g, _)| header_eq(g, v)) {
-                        remove_id(&mut groups[g].1, id);
-                        if groups[g].1.is_empty() {
-                            groups.swap_remove(g);
-                        }
-                    }
-                    if groups.is_empty() {
-                        ki.by_value.remove(&h);
-                    }
-                }
-            }
-            if ki.is_empty() {
-                self.index.remove(k.as_str());
-            }
+        for i in &c.indexed {
+            let (k, v) = &c.pairs[*i];
+            self.unindex_pair(k, v, id);
         }
         remove_id(&mut self.always, id);
         let dk = dest_key(&c.binding.destination);
@@ -293,30 +346,35 @@ impl Matcher for HeadersMatcher {
         let Some(headers) = headers else {
             return;
         };
-        // Every binding hit by a header, once per hit key (a message has each key once and
-        // a binding names each key once, so an `all` binding matches when its hits equal
-        // its key count).
-        let mut hits: Vec<Id> = Vec::new();
+        // An `all` binding is reached once (through its anchor) and checked; an `any`
+        // binding may be reached through several keys, so those hits are deduplicated.
+        let mut any_hits: Vec<Id> = Vec::new();
+        let mut hit = |ids: &[Id], out: &mut Vec<Destination>| {
+            for id in ids {
+                let c = self.slots[*id as usize].as_ref().expect("indexed");
+                if c.any {
+                    any_hits.push(*id);
+                } else if c.all_match(headers) {
+                    out.push(c.binding.destination.clone());
+                }
+            }
+        };
         for (k, have) in headers.inner() {
             let Some(ki) = self.index.get(k.as_str()) else {
                 continue;
             };
-            hits.extend_from_slice(&ki.presence);
+            hit(&ki.presence, out);
             if let Some(groups) = ki.by_value.get(&value_hash(have)) {
                 for (want, ids) in groups {
                     if header_eq(want, have) {
-                        hits.extend_from_slice(ids);
+                        hit(ids, out);
                     }
                 }
             }
         }
-        hits.sort_unstable();
-        for run in hits.chunk_by(|a, b| a == b) {
-            let c = self.slots[run[0] as usize].as_ref().expect("indexed");
-            if c.any || run.len() == c.pairs.len() {
-                out.push(c.binding.destination.clone());
-            }
-        }
+        any_hits.sort_unstable();
+        any_hits.dedup();
+        out.extend(any_hits.into_iter().map(dest));
     }
 
     fn bindings(&self) -> Vec<Binding> {

@@ -13,7 +13,6 @@ use crate::broker::message::Message;
 use crate::broker::queue::Queue;
 use crate::broker::vhost::VHost;
 use crate::protocol::{AMQPValue, FieldTable};
-use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Routing keys longer than a shortstr can hold. A binding key is a shortstr, so such a
@@ -66,33 +65,21 @@ fn without_bcc(msg: &Message) -> Option<Arc<Message>> {
     ))
 }
 
-/// Collects queues without duplicates: a linear check while few, a set past that.
-struct Found<'a> {
-    out: &'a mut Vec<Arc<Queue>>,
-    start: usize,
-    set: Option<HashSet<usize>>,
-}
-
-impl Found<'_> {
-    const LINEAR: usize = 16;
-
-    fn push(&mut self, q: Arc<Queue>) {
-        let key = Arc::as_ptr(&q) as usize;
-        let mine = &self.out[self.start..];
-        let seen = match &mut self.set {
-            Some(set) => !set.insert(key),
-            None if mine.len() < Self::LINEAR => mine.iter().any(|x| Arc::ptr_eq(x, &q)),
-            None => {
-                let mut set: HashSet<usize> =
-                    mine.iter().map(|x| Arc::as_ptr(x) as usize).collect();
-                let seen = !set.insert(key);
-                self.set = Some(set);
-                seen
+/// Remove duplicate queues (by identity) from `out`; order is not kept. A pairwise check
+/// while short, a sort by address past that.
+fn dedup_queues(out: &mut Vec<Arc<Queue>>) {
+    if out.len() <= 16 {
+        let mut i = 1;
+        while i < out.len() {
+            if out[..i].iter().any(|x| Arc::ptr_eq(x, &out[i])) {
+                out.swap_remove(i);
+            } else {
+                i += 1;
             }
-        };
-        if !seen {
-            self.out.push(q);
         }
+    } else {
+        out.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
+        out.dedup_by(|a, b| Arc::ptr_eq(a, b));
     }
 }
 
@@ -116,7 +103,8 @@ impl VHost {
     }
 
     /// Which queues does `msg`, published to `exchange`, reach? Uses its routing key plus
-    /// any `CC`/`BCC` keys in its headers; the message itself is not changed.
+    /// any `CC`/`BCC` keys in its headers; the message itself is not changed. `out` is
+    /// expected empty: it is deduplicated as a whole.
     pub fn route(&self, exchange: &Arc<Exchange>, msg: &Message, out: &mut Vec<Arc<Queue>>) {
         let headers = msg.properties.headers().as_ref();
         let extra = sender_selected_keys(headers);
@@ -131,11 +119,6 @@ impl VHost {
         headers: Option<&FieldTable>,
         out: &mut Vec<Arc<Queue>>,
     ) {
-        let mut found = Found {
-            start: out.len(),
-            out,
-            set: None,
-        };
         // The fast path (one exchange, no e2e binding, no alternate) allocates only `dests`.
         let mut current = exchange.clone();
         let mut pending: Vec<Arc<Exchange>> = Vec::new();
@@ -172,7 +155,7 @@ impl VHost {
             }
             for d in dests.drain(..) {
                 match d {
-                    Destination::Queue(q) => found.push(q),
+                    Destination::Queue(q) => out.push(q),
                     Destination::Exchange(name) => next(&name),
                 }
             }
@@ -181,6 +164,7 @@ impl VHost {
                 None => break,
             }
         }
+        dedup_queues(out);
     }
 }
 

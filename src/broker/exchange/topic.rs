@@ -88,11 +88,13 @@ fn canonical(pattern: &str) -> Vec<Edge<'_>> {
 }
 
 type NodeId = u32;
+type WordId = u32;
 const ROOT: NodeId = 0;
 
 #[derive(Default)]
 struct Node {
-    words: FxHashMap<Box<str>, NodeId>,
+    /// How many literal-word edges leave this node (they live in `TopicMatcher::edges`).
+    words: u32,
     star: Option<NodeId>,
     hash: Option<NodeId>,
     /// Bindings whose pattern ends here (several patterns can share a node, e.g. `#.#` and
@@ -101,26 +103,39 @@ struct Node {
 }
 
 impl Node {
-    fn child(&self, e: Edge<'_>) -> Option<NodeId> {
-        match e {
-            Edge::Word(w) => self.words.get(w).copied(),
-            Edge::Star => self.star,
-            Edge::Hash => self.hash,
-        }
-    }
-
     fn is_unused(&self) -> bool {
-        self.bindings.is_empty()
-            && self.words.is_empty()
-            && self.star.is_none()
-            && self.hash.is_none()
+        self.bindings.is_empty() && self.words == 0 && self.star.is_none() && self.hash.is_none()
     }
 }
 
-/// The compiled trie. Nodes live in an arena; removed nodes go on a free list.
+/// Per-thread buffers reused by every walk, so routing a key allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    key: Vec<Option<WordId>>,
+    stack: Vec<(NodeId, usize)>,
+    hash_done: Vec<(NodeId, usize)>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+fn edge_key(node: NodeId, word: WordId) -> u64 {
+    ((node as u64) << 32) | word as u64
+}
+
+/// The compiled trie. Nodes live in an arena; removed nodes go on a free list. Words are
+/// interned, so a key's words are looked up once per route, and walking an edge is an
+/// integer-keyed lookup in one table instead of a string comparison per node.
 pub struct TopicMatcher {
     nodes: Vec<Node>,
     free: Vec<NodeId>,
+    /// Literal edges of every node, keyed by (node, word).
+    edges: FxHashMap<u64, NodeId>,
+    /// Every word used by some pattern: its id and how many edges use it.
+    vocab: FxHashMap<Box<str>, (WordId, u32)>,
+    free_words: Vec<WordId>,
+    next_word: WordId,
     count: usize,
 }
 
@@ -129,6 +144,10 @@ impl Default for TopicMatcher {
         TopicMatcher {
             nodes: vec![Node::default()],
             free: Vec::new(),
+            edges: FxHashMap::default(),
+            vocab: FxHashMap::default(),
+            free_words: Vec::new(),
+            next_word: 0,
             count: 0,
         }
     }
@@ -145,24 +164,83 @@ impl TopicMatcher {
         }
     }
 
-    /// Destinations of every binding whose pattern matches `key`.
-    fn walk(&self, key: &[&str], out: &mut Vec<Destination>) {
+    fn child(&self, id: NodeId, e: Edge<'_>) -> Option<NodeId> {
+        let node = &self.nodes[id as usize];
+        match e {
+            Edge::Word(w) => {
+                let (wid, _) = self.vocab.get(w)?;
+                self.edges.get(&edge_key(id, *wid)).copied()
+            }
+            Edge::Star => node.star,
+            Edge::Hash => node.hash,
+        }
+    }
+
+    /// Add the edge `id --e--> c`.
+    fn link(&mut self, id: NodeId, e: Edge<'_>, c: NodeId) {
+        match e {
+            Edge::Word(w) => {
+                let wid = match self.vocab.get_mut(w) {
+                    Some((wid, uses)) => {
+                        *uses += 1;
+                        *wid
+                    }
+                    None => {
+                        let wid = self.free_words.pop().unwrap_or_else(|| {
+                            self.next_word += 1;
+                            self.next_word - 1
+                        });
+                        self.vocab.insert(w.into(), (wid, 1));
+                        wid
+                    }
+                };
+                self.edges.insert(edge_key(id, wid), c);
+                self.nodes[id as usize].words += 1;
+            }
+            Edge::Star => self.nodes[id as usize].star = Some(c),
+            Edge::Hash => self.nodes[id as usize].hash = Some(c),
+        }
+    }
+
+    /// Remove the edge `id --e-->`.
+    fn unlink(&mut self, id: NodeId, e: Edge<'_>) {
+        match e {
+            Edge::Word(w) => {
+                let Some((wid, uses)) = self.vocab.get_mut(w) else {
+                    return;
+                };
+                let wid = *wid;
+                *uses -= 1;
+                if *uses == 0 {
+                    self.vocab.remove(w);
+                    self.free_words.push(wid);
+                }
+                self.edges.remove(&edge_key(id, wid));
+                self.nodes[id as usize].words -= 1;
+            }
+            Edge::Star => self.nodes[id as usize].star = None,
+            Edge::Hash => self.nodes[id as usize].hash = None,
+        }
+    }
+
+    /// Destinations of every binding whose pattern matches `key` (word ids; None for a word
+    /// no pattern uses).
+    fn walk(&self, key: &[Option<WordId>], scratch: &mut Scratch, out: &mut Vec<Destination>) {
         // (node, index of the next key word). Every (node, index) pair is reached at most
         // once: a node has one parent, and for `#` nodes `hash_done` records the suffix of
         // key positions already handled.
-        let mut stack: Vec<(NodeId, usize)> = vec![(ROOT, 0)];
-        let mut hash_done: Vec<(NodeId, usize)> = Vec::new();
+        let Scratch {
+            stack, hash_done, ..
+        } = scratch;
+        stack.clear();
+        hash_done.clear();
+        stack.push((ROOT, 0));
         while let Some((id, i)) = stack.pop() {
             let node = &self.nodes[id as usize];
             if i == key.len() {
                 out.extend(node.bindings.iter().map(|b| b.destination.clone()));
             } else {
-                if let Some(c) = node.words.get(key[i]) {
-                    stack.push((*c, i + 1));
-                }
-                if let Some(c) = node.star {
-                    stack.push((c, i + 1));
-                }
+                self.step(id, node, key[i], i + 1, stack);
             }
             if let Some(h) = node.hash {
                 // `#` takes key words i..j for every j ≥ i; positions ≥ `from` were
@@ -175,34 +253,36 @@ impl TopicMatcher {
                         key.len() + 1
                     }
                 };
-                self.after_hash(h, i, from, key, &mut stack, out);
+                let hnode = &self.nodes[h as usize];
+                for j in i..from.min(key.len() + 1) {
+                    if j == key.len() {
+                        out.extend(hnode.bindings.iter().map(|b| b.destination.clone()));
+                    } else {
+                        // No `#` follows a `#` in a canonical pattern.
+                        self.step(h, hnode, key[j], j + 1, stack);
+                    }
+                }
             }
         }
     }
 
-    /// Continue from `#` node `h` having consumed key words up to each j in `i..from`.
-    fn after_hash(
+    /// Push the literal and `*` children of `id` for one key word.
+    #[inline]
+    fn step(
         &self,
-        h: NodeId,
-        i: usize,
-        from: usize,
-        key: &[&str],
+        id: NodeId,
+        node: &Node,
+        word: Option<WordId>,
+        next: usize,
         stack: &mut Vec<(NodeId, usize)>,
-        out: &mut Vec<Destination>,
     ) {
-        let node = &self.nodes[h as usize];
-        for j in i..from.min(key.len() + 1) {
-            if j == key.len() {
-                out.extend(node.bindings.iter().map(|b| b.destination.clone()));
-                continue;
+        if let (Some(w), true) = (word, node.words > 0) {
+            if let Some(c) = self.edges.get(&edge_key(id, w)) {
+                stack.push((*c, next));
             }
-            if let Some(c) = node.words.get(key[j]) {
-                stack.push((*c, j + 1));
-            }
-            if let Some(c) = node.star {
-                stack.push((c, j + 1));
-            }
-            // No `#` follows a `#` in a canonical pattern.
+        }
+        if let Some(c) = node.star {
+            stack.push((c, next));
         }
     }
 }
@@ -211,18 +291,11 @@ impl Matcher for TopicMatcher {
     fn bind(&mut self, b: Binding) -> AmqpResult<bool> {
         let mut id = ROOT;
         for e in canonical(&b.routing_key) {
-            id = match self.nodes[id as usize].child(e) {
+            id = match self.child(id, e) {
                 Some(c) => c,
                 None => {
                     let c = self.alloc();
-                    let node = &mut self.nodes[id as usize];
-                    match e {
-                        Edge::Word(w) => {
-                            node.words.insert(w.into(), c);
-                        }
-                        Edge::Star => node.star = Some(c),
-                        Edge::Hash => node.hash = Some(c),
-                    }
+                    self.link(id, e, c);
                     c
                 }
             };
@@ -242,7 +315,7 @@ impl Matcher for TopicMatcher {
         let mut id = ROOT;
         path.push(id);
         for e in &edges {
-            match self.nodes[id as usize].child(*e) {
+            match self.child(id, *e) {
                 Some(c) => id = c,
                 None => return false,
             }
@@ -260,14 +333,7 @@ impl Matcher for TopicMatcher {
             if !self.nodes[child as usize].is_unused() {
                 break;
             }
-            let parent = &mut self.nodes[path[depth] as usize];
-            match e {
-                Edge::Word(w) => {
-                    parent.words.remove(*w);
-                }
-                Edge::Star => parent.star = None,
-                Edge::Hash => parent.hash = None,
-            }
+            self.unlink(path[depth], *e);
             self.nodes[child as usize] = Node::default();
             self.free.push(child);
         }
@@ -278,8 +344,21 @@ impl Matcher for TopicMatcher {
         if self.count == 0 {
             return;
         }
-        let key: Vec<&str> = words(routing_key).collect();
-        self.walk(&key, out);
+        SCRATCH.with(|cell| {
+            // Re-entry cannot happen (routing never nests inside a walk); fall back to a
+            // fresh buffer rather than panic if it ever did.
+            let mut fresh = Scratch::default();
+            let mut guard = cell.try_borrow_mut();
+            let scratch = match guard.as_deref_mut() {
+                Ok(s) => s,
+                Err(_) => &mut fresh,
+            };
+            let mut key = std::mem::take(&mut scratch.key);
+            key.clear();
+            key.extend(words(routing_key).map(|w| self.vocab.get(w).map(|(id, _)| *id)));
+            self.walk(&key, scratch, out);
+            scratch.key = key;
+        })
     }
 
     fn bindings(&self) -> Vec<Binding> {
@@ -408,6 +487,7 @@ mod tests {
         assert!(t.unbind(&binding("a.b", 3)));
         assert!(t.is_empty());
         assert!(t.nodes[0].is_unused());
+        assert!(t.edges.is_empty() && t.vocab.is_empty());
         // Everything but the root is on the free list, and gets reused.
         assert_eq!(t.free.len(), t.nodes.len() - 1);
         let before = t.nodes.len();
