@@ -90,7 +90,10 @@ fn topic_patterns(n: usize) -> Vec<String> {
 /// Keys to route: half are exact patterns that are bound (so they hit), half random.
 fn topic_keys(n: usize, patterns: &[String]) -> Vec<String> {
     let mut g = Lcg(7);
-    let exact: Vec<&String> = patterns.iter().filter(|p| !p.contains(['*', '#'])).collect();
+    let exact: Vec<&String> = patterns
+        .iter()
+        .filter(|p| !p.contains(['*', '#']))
+        .collect();
     (0..n)
         .map(|i| {
             if i % 2 == 0 {
@@ -308,7 +311,11 @@ fn bench_headers(c: &mut Criterion) {
 /// is what "on one core" means, next to criterion's wall-clock figures.
 fn thread_cpu() -> Duration {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
-    let ns = s.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let ns = s
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     Duration::from_nanos(ns)
 }
 
