@@ -1,0 +1,192 @@
+//! Crash safety: the real binary is killed with SIGKILL at a random moment while one client
+//! publishes persistent messages with confirms and another consumes and acks. After a
+//! restart on the same data dir every confirmed message that was not acked is there
+//! (at-least-once) and nothing confirmed is lost. Repeated for many rounds.
+
+mod common;
+use common::within;
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use rand::Rng;
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const ROUNDS: usize = 20;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The broker child process; killed when dropped, so a failing round leaves nothing behind.
+struct BrokerProcess(Child);
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        kill9(&mut self.0);
+    }
+}
+
+fn spawn_broker(dir: &std::path::Path, port: u16) -> BrokerProcess {
+    let child = Command::new(env!("CARGO_BIN_EXE_warrenmq"))
+        .args(["serve", "--amqp-addr", &format!("127.0.0.1:{port}")])
+        .args([
+            "--http-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--log-level", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start broker");
+    BrokerProcess(child)
+}
+
+async fn connect(port: u16) -> Connection {
+    let uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    for _ in 0..300 {
+        if let Ok(c) = Connection::connect(&uri, ConnectionProperties::default()).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("broker did not accept connections on {port}");
+}
+
+fn kill9(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_confirmed_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rng();
+    let mut total_confirmed = 0usize;
+    for round in 0..ROUNDS {
+        let port = free_port();
+        let mut child = spawn_broker(dir.path(), port);
+        let setup = connect(port).await;
+        let ch = setup.create_channel().await.unwrap();
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare("crash".into(), durable, FieldTable::default())
+            .await
+            .unwrap();
+
+        let confirmed = Arc::new(Mutex::new(HashSet::<String>::new()));
+        let acked = Arc::new(Mutex::new(HashSet::<String>::new()));
+
+        let pub_conn = connect(port).await;
+        let confirmed_w = confirmed.clone();
+        let publisher = tokio::spawn(async move {
+            let ch = pub_conn.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            let mut i = 0u64;
+            loop {
+                let mut batch = Vec::new();
+                for _ in 0..50 {
+                    let id = format!("{round}-{i}");
+                    i += 1;
+                    let c = ch
+                        .basic_publish(
+                            "".into(),
+                            "crash".into(),
+                            BasicPublishOptions::default(),
+                            id.as_bytes(),
+                            BasicProperties::default().with_delivery_mode(2),
+                        )
+                        .await?;
+                    batch.push((id, c));
+                }
+                for (id, c) in batch {
+                    if c.await?.is_ack() {
+                        confirmed_w.lock().unwrap().insert(id);
+                    }
+                }
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), lapin::Error>(())
+        });
+
+        let con_conn = connect(port).await;
+        let acked_w = acked.clone();
+        let consumer = tokio::spawn(async move {
+            let ch = con_conn.create_channel().await?;
+            ch.basic_qos(20, BasicQosOptions::default()).await?;
+            let mut c = ch
+                .basic_consume(
+                    "crash".into(),
+                    "c".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            while let Some(d) = c.next().await {
+                let d = d?;
+                let id = String::from_utf8_lossy(&d.data).into_owned();
+                ch.basic_ack(d.delivery_tag, BasicAckOptions::default())
+                    .await?;
+                acked_w.lock().unwrap().insert(id);
+            }
+            Ok::<(), lapin::Error>(())
+        });
+
+        let delay = rng.random_range(50..400);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        kill9(&mut child.0);
+        let _ = within("publisher ends", publisher).await;
+        let _ = within("consumer ends", consumer).await;
+
+        // Restart on the same data dir and drain the queue.
+        let port = free_port();
+        let mut child = spawn_broker(dir.path(), port);
+        let conn = connect(port).await;
+        let ch = conn.create_channel().await.unwrap();
+        let mut recovered = HashSet::new();
+        while let Some(m) = within(
+            "get",
+            ch.basic_get("crash".into(), BasicGetOptions { no_ack: true }),
+        )
+        .await
+        .unwrap()
+        {
+            recovered.insert(String::from_utf8_lossy(&m.delivery.data).into_owned());
+        }
+        let confirmed = confirmed.lock().unwrap().clone();
+        let acked = acked.lock().unwrap().clone();
+        let lost: Vec<&String> = confirmed
+            .iter()
+            .filter(|id| !acked.contains(*id) && !recovered.contains(*id))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "round {round}: {} confirmed, {} acked, {} recovered; lost {:?}",
+            confirmed.len(),
+            acked.len(),
+            recovered.len(),
+            &lost[..lost.len().min(10)]
+        );
+        total_confirmed += confirmed.len();
+        let _ = conn.close(200, "bye".into()).await;
+        kill9(&mut child.0);
+    }
+    assert!(
+        total_confirmed > 0,
+        "the publisher never got a confirm: the test proved nothing"
+    );
+}
