@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo bench --bench routing                     # criterion: topic 100k, headers 10k
-//! cargo bench --bench routing -- --bind-churn     # 10k bindings declared + deleted over AMQP
+//! cargo bench --bench routing -- --bind-churn [Q [C]]  # 10k bindings bound + unbound over AMQP
 //! cargo bench --bench routing -- --setup-topic URI N   # helper for the end-to-end comparison
 //! ```
 //!
@@ -351,9 +351,11 @@ async fn connect(uri: &str) -> Connection {
         .expect("connect")
 }
 
-/// Declare and then delete 10k bindings over one connection, each method waiting for its
-/// -ok (no pipelining), against an in-process broker. Prints the median of 5 runs.
-fn bind_churn() {
+/// Declare and then delete 10k bindings over one connection against an in-process broker,
+/// the bindings spread over `queues` queues, from `channels` channels at once (each method
+/// waits for its -ok; several channels keep several in flight). Prints each of 5 runs and
+/// the median.
+fn bind_churn(queues: usize, channels: usize) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -371,30 +373,34 @@ fn bind_churn() {
         let uri = format!("amqp://guest:guest@{}/%2f", handle.amqp_addr);
         let conn = connect(&uri).await;
         let ch = conn.create_channel().await.expect("channel");
-        ch.queue_declare("churn".into(), QueueDeclareOptions::default(), FieldTable::default())
-            .await
-            .expect("declare");
-        let patterns = topic_patterns(10_000);
+        let mut chans = Vec::new();
+        for _ in 0..channels {
+            chans.push(conn.create_channel().await.expect("channel"));
+        }
+        let names: Vec<String> = (0..queues).map(|i| format!("churn-{i}")).collect();
+        for q in &names {
+            let o = QueueDeclareOptions::default();
+            ch.queue_declare(q.as_str().into(), o, FieldTable::default())
+                .await
+                .expect("declare");
+        }
+        let work: Arc<Vec<(String, String)>> = Arc::new(
+            topic_patterns(10_000)
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| (names[i % queues].clone(), p))
+                .collect(),
+        );
         let mut runs = Vec::new();
         for _ in 0..5 {
             let t = Instant::now();
-            for p in &patterns {
-                let o = QueueBindOptions::default();
-                let k = p.as_str().into();
-                ch.queue_bind("churn".into(), "amq.topic".into(), k, o, FieldTable::default())
-                    .await
-                    .expect("bind");
-            }
+            churn_phase(&chans, &work, true).await;
             let bound = t.elapsed();
-            for p in &patterns {
-                let k = p.as_str().into();
-                ch.queue_unbind("churn".into(), "amq.topic".into(), k, FieldTable::default())
-                    .await
-                    .expect("unbind");
-            }
+            churn_phase(&chans, &work, false).await;
             let total = t.elapsed();
             println!(
-                "bind-churn: 10000 queue.bind in {:.3} s, 10000 queue.unbind in {:.3} s, total {:.3} s",
+                "bind-churn ({queues} queues, {channels} channels): 10000 queue.bind in {:.3} s, \
+                 10000 queue.unbind in {:.3} s, total {:.3} s",
                 bound.as_secs_f64(),
                 (total - bound).as_secs_f64(),
                 total.as_secs_f64()
@@ -402,10 +408,36 @@ fn bind_churn() {
             runs.push(total);
         }
         runs.sort();
-        println!("bind-churn: median total {:.3} s", runs[2].as_secs_f64());
+        println!(
+            "bind-churn ({queues} queues, {channels} channels): median total {:.3} s",
+            runs[2].as_secs_f64()
+        );
         let _ = conn.close(200, "done".into()).await;
         handle.shutdown().await;
     });
+}
+
+/// Bind (or unbind) every (queue, pattern) of `work`, channel c taking every c-th item.
+async fn churn_phase(chans: &[lapin::Channel], work: &Arc<Vec<(String, String)>>, bind: bool) {
+    let mut tasks = Vec::new();
+    for (c, ch) in chans.iter().enumerate() {
+        let (ch, work, n) = (ch.clone(), work.clone(), chans.len());
+        tasks.push(tokio::spawn(async move {
+            for (q, p) in work.iter().skip(c).step_by(n) {
+                let (q, k, x) = (q.as_str().into(), p.as_str().into(), "amq.topic".into());
+                let args = FieldTable::default();
+                if bind {
+                    let o = QueueBindOptions::default();
+                    ch.queue_bind(q, x, k, o, args).await.expect("bind");
+                } else {
+                    ch.queue_unbind(q, x, k, args).await.expect("unbind");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("churn task");
+    }
 }
 
 /// Bind `n` non-matching patterns from `amq.topic` to 100 queues `routing-bench-<i>` on a
@@ -461,8 +493,16 @@ fn main() {
         setup_topic(uri, n);
         return;
     }
-    if args.iter().any(|a| a == "--bind-churn") {
-        bind_churn();
+    if let Some(i) = args.iter().position(|a| a == "--bind-churn") {
+        let n = |j: usize| args.get(i + j).and_then(|n| n.parse().ok());
+        match (n(1), n(2)) {
+            (Some(queues), channels) => bind_churn(queues, channels.unwrap_or(1)),
+            _ => {
+                bind_churn(100, 1);
+                bind_churn(100, 8);
+                bind_churn(1, 1);
+            }
+        }
         return;
     }
     let mut c = Criterion::default()

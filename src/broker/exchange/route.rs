@@ -65,6 +65,26 @@ fn without_bcc(msg: &Message) -> Option<Arc<Message>> {
     ))
 }
 
+/// What a message is routed by.
+struct Keys<'a> {
+    routing_key: &'a str,
+    extra: &'a [&'a str],
+    headers: Option<&'a FieldTable>,
+}
+
+/// The exchanges still to route through and those already reached (the seed exchange is
+/// `root`), so each is visited once.
+struct Walk<'a> {
+    root: &'a str,
+    pending: Vec<Arc<Exchange>>,
+    seen: Vec<String>,
+}
+
+thread_local! {
+    /// Per-thread buffer for one exchange's matches, reused by every route.
+    static DESTS: std::cell::RefCell<Vec<Destination>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Remove duplicate queues (by identity) from `out`; order is not kept. A pairwise check
 /// while short, a sort by address past that.
 fn dedup_queues(out: &mut Vec<Arc<Queue>>) {
@@ -119,52 +139,77 @@ impl VHost {
         headers: Option<&FieldTable>,
         out: &mut Vec<Arc<Queue>>,
     ) {
-        // The fast path (one exchange, no e2e binding, no alternate) allocates only `dests`.
-        let mut current = exchange.clone();
-        let mut pending: Vec<Arc<Exchange>> = Vec::new();
-        let mut seen: Vec<String> = Vec::new();
-        let mut dests: Vec<Destination> = Vec::new();
-        loop {
-            if current.name().is_empty() {
-                // The default exchange: every queue is bound by its own name.
-                for key in std::iter::once(routing_key).chain(extra.iter().copied()) {
-                    if let Some(q) = self.queues.get(key) {
-                        dests.push(Destination::Queue(q.clone()));
-                    }
-                }
-            } else {
-                current.route_keys(routing_key, extra, headers, &mut dests);
-            }
-            let alternate = if dests.is_empty() {
-                current.alternate()
-            } else {
-                None
+        let keys = Keys {
+            routing_key,
+            extra,
+            headers,
+        };
+        // The fast path (one exchange, no e2e binding, no alternate) allocates nothing:
+        // `pending` and `seen` stay empty, `dests` is a per-thread buffer.
+        let mut walk = Walk {
+            root: exchange.name(),
+            pending: Vec::new(),
+            seen: Vec::new(),
+        };
+        DESTS.with(|cell| {
+            let mut fresh = Vec::new();
+            let mut guard = cell.try_borrow_mut();
+            let dests = match guard.as_deref_mut() {
+                Ok(d) => d,
+                // Routing does not nest; a fresh buffer rather than a panic if it ever did.
+                Err(_) => &mut fresh,
             };
-            let mut next = |name: &str| {
-                if name == exchange.name() || seen.iter().any(|s| s == name) {
-                    return;
-                }
-                seen.push(name.to_string());
-                match self.exchanges.get(name) {
-                    Some(x) => pending.push(x.clone()),
-                    None => tracing::debug!(exchange = name, "routing to a missing exchange"),
-                }
-            };
-            if let Some(ae) = alternate {
-                next(&ae);
+            self.route_one(exchange, &keys, &mut walk, dests, out);
+            while let Some(x) = walk.pending.pop() {
+                self.route_one(&x, &keys, &mut walk, dests, out);
             }
-            for d in dests.drain(..) {
-                match d {
-                    Destination::Queue(q) => out.push(q),
-                    Destination::Exchange(name) => next(&name),
+        });
+        dedup_queues(out);
+    }
+
+    /// Route through one exchange: queues go to `out`, exchanges (e2e destinations, or the
+    /// alternate when nothing matched) onto the work list unless already seen.
+    fn route_one(
+        &self,
+        x: &Exchange,
+        keys: &Keys<'_>,
+        walk: &mut Walk<'_>,
+        dests: &mut Vec<Destination>,
+        out: &mut Vec<Arc<Queue>>,
+    ) {
+        dests.clear();
+        if x.name().is_empty() {
+            // The default exchange: every queue is bound by its own name.
+            for key in std::iter::once(keys.routing_key).chain(keys.extra.iter().copied()) {
+                if let Some(q) = self.queues.get(key) {
+                    dests.push(Destination::Queue(q.clone()));
                 }
             }
-            match pending.pop() {
-                Some(x) => current = x,
-                None => break,
+        } else {
+            x.route_keys(keys.routing_key, keys.extra, keys.headers, dests);
+        }
+        if dests.is_empty() {
+            if let Some(ae) = x.alternate() {
+                self.visit(&ae, walk);
             }
         }
-        dedup_queues(out);
+        for d in dests.drain(..) {
+            match d {
+                Destination::Queue(q) => out.push(q),
+                Destination::Exchange(name) => self.visit(&name, walk),
+            }
+        }
+    }
+
+    fn visit(&self, name: &str, walk: &mut Walk<'_>) {
+        if name == walk.root || walk.seen.iter().any(|s| s == name) {
+            return;
+        }
+        walk.seen.push(name.to_string());
+        match self.exchanges.get(name) {
+            Some(x) => walk.pending.push(x.clone()),
+            None => tracing::debug!(exchange = name, "routing to a missing exchange"),
+        }
     }
 }
 
