@@ -15,6 +15,8 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// Prometheus metrics listener.
     pub metrics_addr: SocketAddr,
+    /// Largest management API request body, bytes.
+    pub http_max_body: usize,
     /// Where sled keeps durable state.
     pub data_dir: PathBuf,
     /// tracing filter, e.g. `info` or `warrenmq=debug`.
@@ -53,6 +55,7 @@ impl Default for Config {
             amqp_addr: "127.0.0.1:5672".parse().expect("static address"),
             http_addr: "127.0.0.1:15672".parse().expect("static address"),
             metrics_addr: "127.0.0.1:15692".parse().expect("static address"),
+            http_max_body: 20 * 1024 * 1024,
             data_dir: PathBuf::from("./data"),
             log_level: "info".to_string(),
             default_user: "guest".to_string(),
@@ -65,7 +68,7 @@ impl Default for Config {
             max_table_depth: 32,
             max_connections: 65_536,
             max_consumers_per_channel: 65_536,
-            store_cache_bytes: 256 * 1024 * 1024,
+            store_cache_bytes: 64 * 1024 * 1024,
             outbound_high_watermark: 1024 * 1024,
             consumer_timeout: 1_800_000,
         }
