@@ -544,3 +544,67 @@ async fn invalid_expiration_is_406() {
     };
     assert_eq!(reply_code(&err), Some(406), "{err:?}");
 }
+
+#[tokio::test]
+async fn ack_timeout_without_cancel_notify_closes_the_channel_with_406() {
+    use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+    use amq_protocol::protocol::{basic, queue, AMQPClass};
+    let b = start_broker().await;
+    // The raw client advertises no capabilities, so RabbitMQ's behaviour applies.
+    let mut r = common::raw::Raw::open(b.addr()).await;
+    r.open_channel(1).await;
+    r.send(AMQPFrame::Method(
+        1,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: "slow".into(),
+            passive: false,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            nowait: true,
+            arguments: table(&[("x-consumer-timeout", AMQPValue::LongInt(100))]),
+        })),
+    ))
+    .await;
+    r.send(AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: "slow".into(),
+            mandatory: false,
+            immediate: false,
+        })),
+    ))
+    .await;
+    r.send(AMQPFrame::Header(
+        1,
+        AMQPContentHeader {
+            class_id: 60,
+            body_size: 3,
+            properties: Default::default(),
+        },
+    ))
+    .await;
+    r.send(AMQPFrame::Body(1, b"job".to_vec())).await;
+    r.send(AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: "slow".into(),
+            consumer_tag: "gpu".into(),
+            no_local: false,
+            no_ack: false,
+            exclusive: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    ))
+    .await;
+    // The delivery arrives, is never acked, and the channel is closed with 406.
+    let (code, _, _) = r.expect_channel_close(1).await;
+    assert_eq!(code, 406);
+    // The message went back to the queue.
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    let m = get(&ch, "slow").await.expect("requeued");
+    assert!(m.delivery.redelivered);
+}
