@@ -6,9 +6,10 @@
 //! - `protocol`   — wire codec: frame reading with limits, hand-encoded hot frames, table checks
 //! - `connection` — per-connection task: handshake, read loop, heartbeats, outbound writer
 //! - `channel`    — channel state machine and content assembly; one file per AMQP class
-//! - `broker`     — vhosts, exchanges (one matcher per type), queues, deliveries, messages
+//! - `broker`     — vhosts, exchanges (one matcher per type), queues, deliveries, messages, policies
 //! - `store`      — durable definitions in sled, recovery, format version
-//! - `auth`       — users, PLAIN/AMQPLAIN, loopback-only guest
+//! - `auth`       — users, password hashes, tags, permissions and their checks; PLAIN/AMQPLAIN
+//! - `http`       — management HTTP API, Prometheus metrics, rates, the dashboard
 //! - `error`      — reply codes and the error type every handler returns
 
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod channel;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod http;
 pub mod protocol;
 pub mod server;
 pub mod store;

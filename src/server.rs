@@ -26,6 +26,12 @@ pub enum ServerError {
 pub struct ServerHandle {
     /// Where the AMQP listener is bound (useful with port 0).
     pub amqp_addr: SocketAddr,
+    /// Where the management HTTP API is bound.
+    pub http_addr: SocketAddr,
+    /// Where Prometheus metrics are served.
+    pub metrics_addr: SocketAddr,
+    /// The management API's state (its rates sampler, for tests).
+    pub http: Arc<crate::http::Ctx>,
     pub broker: Arc<Broker>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -39,21 +45,46 @@ impl ServerHandle {
     }
 }
 
-/// Open the store, bind the listener and start accepting.
-pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
-    let addr = config.amqp_addr;
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServerError::Bind { addr, source })?;
-    let amqp_addr = listener
+    let bound = listener
         .local_addr()
         .map_err(|source| ServerError::Bind { addr, source })?;
+    Ok((listener, bound))
+}
+
+/// Open the store, bind the AMQP, management and metrics listeners and start serving.
+pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
+    let (listener, amqp_addr) = bind(config.amqp_addr).await?;
+    let (http_listener, http_addr) = bind(config.http_addr).await?;
+    let (metrics_listener, metrics_addr) = bind(config.metrics_addr).await?;
     let broker = Broker::open(config)?;
     let (tx, rx) = watch::channel(false);
+    let ctx = Arc::new(crate::http::Ctx {
+        broker: broker.clone(),
+        amqp_addr,
+        http_addr,
+        metrics_addr,
+        rates: Arc::default(),
+        node: format!("warrenmq@{}", crate::http::hostname()),
+        started: std::time::Instant::now(),
+    });
+    crate::http::rates::spawn(broker.clone(), ctx.rates.clone(), rx.clone());
+    tokio::spawn(crate::http::serve(http_listener, ctx.clone(), rx.clone()));
+    tokio::spawn(crate::http::metrics::serve(
+        metrics_listener,
+        ctx.clone(),
+        rx.clone(),
+    ));
     let task = tokio::spawn(accept_loop(listener, broker.clone(), rx));
-    tracing::info!(%amqp_addr, "AMQP listener started");
+    tracing::info!(%amqp_addr, %http_addr, %metrics_addr, "listeners started");
     Ok(ServerHandle {
         amqp_addr,
+        http_addr,
+        metrics_addr,
+        http: ctx,
         broker,
         shutdown: tx,
         task,

@@ -40,7 +40,11 @@ fn permit(b: &TestBroker, user: &str, vhost: &str, c: &str, w: &str, r: &str) {
 }
 
 fn uri(b: &TestBroker, user: &str, pass: &str, vhost: &str) -> String {
-    format!("amqp://{user}:{pass}@{}/{}", b.addr(), vhost.replace('/', "%2f"))
+    format!(
+        "amqp://{user}:{pass}@{}/{}",
+        b.addr(),
+        vhost.replace('/', "%2f")
+    )
 }
 
 async fn connect_as(b: &TestBroker, user: &str, vhost: &str) -> Result<Connection, lapin::Error> {
@@ -100,14 +104,22 @@ async fn configure_is_needed_to_declare_and_delete() {
 
     let ch = channel(&c).await;
     let r = ch
-        .queue_declare("jobs".into(), QueueDeclareOptions::default(), FieldTable::default())
+        .queue_declare(
+            "jobs".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
         .await;
     assert_eq!(failure(r), refused("queue", "jobs"));
 
     let ch = channel(&c).await;
-    ch.queue_declare("bob.jobs".into(), QueueDeclareOptions::default(), FieldTable::default())
-        .await
-        .expect("bob.* is configurable");
+    ch.queue_declare(
+        "bob.jobs".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bob.* is configurable");
     let r = ch
         .exchange_declare(
             "logs".into(),
@@ -305,7 +317,11 @@ async fn impersonator_may_set_another_user_id() {
     .unwrap()
     .expect("accepted");
     assert_eq!(
-        got.delivery.properties.user_id().as_ref().map(|u| u.as_str()),
+        got.delivery
+            .properties
+            .user_id()
+            .as_ref()
+            .map(|u| u.as_str()),
         Some("alice")
     );
 }
@@ -330,14 +346,14 @@ async fn vhosts_are_created_and_deleted_at_runtime() {
     // Its connections are closed with 320.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while c.status().connected() {
-        assert!(std::time::Instant::now() < deadline, "connection not closed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connection not closed"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(!br.auth.can_access_vhost("bob", "tenant/a"));
-    assert_eq!(
-        failure(connect_as(&b, "bob", "tenant/a").await).0,
-        530
-    );
+    assert_eq!(failure(connect_as(&b, "bob", "tenant/a").await).0, 530);
 }
 
 #[tokio::test]
@@ -385,9 +401,14 @@ async fn users_permissions_and_vhosts_survive_a_restart() {
     assert!(v.queues.contains_key("a-durable"), "its queue recovered");
     let u = br.auth.user("bob").expect("user recovered");
     assert_eq!(u.tags, vec!["management".to_string()]);
-    let p = br.auth.permission_record("prod", "bob").expect("permission");
+    let p = br
+        .auth
+        .permission_record("prod", "bob")
+        .expect("permission");
     assert_eq!((p.configure.as_str(), p.write.as_str()), ("^a", "^b"));
-    let c = connect_as(&b, "bob", "prod").await.expect("password still valid");
+    let c = connect_as(&b, "bob", "prod")
+        .await
+        .expect("password still valid");
     c.close(200, "bye".into()).await.unwrap();
     // guest is still there and still loopback-only (checked in tests/connection.rs).
     assert!(br.auth.user("guest").is_some());

@@ -56,11 +56,14 @@ pub struct PermissionRecord {
     pub read: String,
 }
 
+/// user → (record, compiled patterns), for one vhost.
+type VhostPermissions = BTreeMap<String, (PermissionRecord, Arc<Permission>)>;
+
 /// Users and their permissions.
 pub struct Auth {
     users: RwLock<BTreeMap<String, Arc<User>>>,
     /// vhost → user → compiled permission (with its source record).
-    permissions: RwLock<HashMap<String, BTreeMap<String, (PermissionRecord, Arc<Permission>)>>>,
+    permissions: RwLock<HashMap<String, VhostPermissions>>,
     /// Bumped on every permission or user change, so connections refresh their cache.
     generation: AtomicU64,
     /// Users that may only log in from a loopback address (RabbitMQ's `loopback_users`).

@@ -133,6 +133,28 @@ pub fn check(
     }
 }
 
+/// exchange.declare needs configure; with an alternate exchange also write on it and read
+/// on the exchange.
+pub fn exchange_declare_needs(name: &str, a: &FieldTable) -> Vec<(Perm, Kind, String)> {
+    let mut v = vec![(Perm::Configure, Kind::Exchange, name.to_string())];
+    if let Some(ae) = args::get(a, "alternate-exchange").and_then(args::str_value) {
+        v.push((Perm::Write, Kind::Exchange, ae));
+        v.push((Perm::Read, Kind::Exchange, name.to_string()));
+    }
+    v
+}
+
+/// queue.declare needs configure; with a dead-letter exchange also write on it and read on
+/// the queue.
+pub fn queue_declare_needs(name: &str, a: &FieldTable) -> Vec<(Perm, Kind, String)> {
+    let mut v = vec![(Perm::Configure, Kind::Queue, name.to_string())];
+    if let Some(dlx) = args::get(a, "x-dead-letter-exchange").and_then(args::str_value) {
+        v.push((Perm::Write, Kind::Exchange, dlx));
+        v.push((Perm::Read, Kind::Queue, name.to_string()));
+    }
+    v
+}
+
 /// The permission checks of one AMQP connection: its user and vhost, and the user's
 /// permissions there, refreshed when any permission changes (a generation counter), so a
 /// check is one atomic load and a pattern match.
@@ -197,30 +219,24 @@ impl Access {
         self.check(Perm::Configure, Kind::Exchange, exchange)
     }
 
-    /// exchange.declare: configure; with an alternate exchange also write on it and read on
-    /// the exchange. Passive declares need nothing.
+    /// exchange.declare (see `exchange_declare_needs`).
     pub fn exchange_declare(&self, name: &str, passive: bool, a: &FieldTable) -> AmqpResult<()> {
         if passive {
             return Ok(());
         }
-        self.check(Perm::Configure, Kind::Exchange, name)?;
-        if let Some(ae) = args::get(a, "alternate-exchange").and_then(args::str_value) {
-            self.check(Perm::Write, Kind::Exchange, &ae)?;
-            self.check(Perm::Read, Kind::Exchange, name)?;
+        for (perm, kind, res) in exchange_declare_needs(name, a) {
+            self.check(perm, kind, &res)?;
         }
         Ok(())
     }
 
-    /// queue.declare: configure; with a dead-letter exchange also write on it and read on
-    /// the queue. Passive declares need nothing.
+    /// queue.declare (see `queue_declare_needs`).
     pub fn queue_declare(&self, name: &str, passive: bool, a: &FieldTable) -> AmqpResult<()> {
         if passive {
             return Ok(());
         }
-        self.check(Perm::Configure, Kind::Queue, name)?;
-        if let Some(dlx) = args::get(a, "x-dead-letter-exchange").and_then(args::str_value) {
-            self.check(Perm::Write, Kind::Exchange, &dlx)?;
-            self.check(Perm::Read, Kind::Queue, name)?;
+        for (perm, kind, res) in queue_declare_needs(name, a) {
+            self.check(perm, kind, &res)?;
         }
         Ok(())
     }

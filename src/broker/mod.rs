@@ -51,9 +51,22 @@ impl Broker {
             connections: DashMap::new(),
         };
         for vrec in broker.stored_vhosts()? {
+            broker.recover_vhost(&store, vrec)?;
+        }
+        store.start_flusher();
+        Ok(Arc::new(broker))
+    }
+
+    /// Recover one vhost: its settings and policies, exchanges, queues with their
+    /// persistent messages, and bindings.
+    fn recover_vhost(
+        &self,
+        store: &Arc<Store>,
+        vrec: vhosts::VhostRecord,
+    ) -> Result<(), StoreError> {
         let name = vrec.name.clone();
         let vhost = VHost::new(&name, Some(store.clone()));
-        broker.load_vhost_settings(&vhost, vrec)?;
+        self.load_vhost_settings(&vhost, vrec)?;
         let rec = store.recover(&name)?;
         let (nx, nq) = (rec.exchanges.len(), rec.queues.len());
         let nb = rec.bindings.len() + rec.exchange_bindings.len();
@@ -72,7 +85,6 @@ impl Broker {
             }
             vhost.queues.insert(q.name().to_string(), q);
         }
-        store.start_flusher();
         if messages > 0 {
             tracing::info!(messages, elapsed = ?started.elapsed(), "recovered persistent messages");
         }
@@ -96,9 +108,8 @@ impl Broker {
             "recovered durable definitions"
         );
         vhost.apply_policies();
-        broker.vhosts.insert(name, vhost);
-        }
-        Ok(Arc::new(broker))
+        self.vhosts.insert(name, vhost);
+        Ok(())
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {

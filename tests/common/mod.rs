@@ -2,6 +2,7 @@
 //! connections to it, and bounded waits.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod raw;
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -32,6 +33,8 @@ impl TestBroker {
 pub fn test_config(dir: &std::path::Path) -> Config {
     Config {
         amqp_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_path_buf(),
         log_level: "warn".into(),
         ..Config::default()

@@ -26,6 +26,11 @@ impl Queue {
         self.inner.lock().consumers.clone()
     }
 
+    /// The bindings that lead to this queue (not the implicit default-exchange one).
+    pub fn bindings(&self) -> Vec<super::InboundBinding> {
+        self.inner.lock().bindings.clone()
+    }
+
     /// (ready messages, their body bytes, consumers) under one lock.
     pub fn depth(&self) -> (u64, u64, u32) {
         let inner = self.inner.lock();
@@ -63,7 +68,7 @@ impl Queue {
             GetMode::Reject => self.reject(msgs),
             GetMode::Ack => {
                 for m in &msgs {
-                    let _ = m;
+                    self.forget(m);
                 }
             }
         }

@@ -6,7 +6,7 @@
 //! released, so a dead-letter route back into the same queue cannot deadlock.
 
 pub mod args;
-mod inspect;
+pub mod inspect;
 pub mod ready;
 pub mod stats;
 mod timer;

@@ -1,0 +1,248 @@
+//! The query parameters of list endpoints, as RabbitMQ's: `name` (substring, or a regex
+//! with `use_regex=true`), `sort` (a field, dotted for nested ones such as
+//! `message_stats.publish_details.rate`), `sort_reverse`, `page` and `page_size` (at most
+//! 500; with `page` the reply is a page object), and `columns` (comma-separated fields to
+//! keep).
+//!
+//! Rows are filtered and, when sorted by name or vhost (the default), sorted and paged
+//! before they are rendered to JSON, so a page of 10,000 queues renders only its page.
+
+use super::error::{ApiError, ApiResult};
+use axum::extract::Query;
+use axum::Json;
+use serde_json::{json, Map, Value};
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+pub type Params = Query<HashMap<String, String>>;
+
+const MAX_PAGE_SIZE: usize = 500;
+
+pub struct ListParams {
+    page: Option<usize>,
+    page_size: usize,
+    name: Option<Filter>,
+    sort: Option<String>,
+    sort_reverse: bool,
+    columns: Option<Vec<String>>,
+}
+
+enum Filter {
+    Substring(String),
+    Regex(regex::Regex),
+}
+
+impl Filter {
+    fn matches(&self, name: &str) -> bool {
+        match self {
+            Filter::Substring(s) => name.contains(s.as_str()),
+            Filter::Regex(r) => r.is_match(name),
+        }
+    }
+}
+
+fn flag(q: &HashMap<String, String>, k: &str) -> bool {
+    q.get(k).is_some_and(|v| v == "true")
+}
+
+impl ListParams {
+    pub fn parse(q: &HashMap<String, String>) -> ApiResult<Self> {
+        let num = |k: &str| -> ApiResult<Option<usize>> {
+            match q.get(k) {
+                None => Ok(None),
+                Some(v) => v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(Some)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("{k} must be a positive integer"))
+                    }),
+            }
+        };
+        let page = num("page")?;
+        let page_size = num("page_size")?.unwrap_or(100);
+        if page_size > MAX_PAGE_SIZE {
+            return Err(ApiError::bad_request(format!(
+                "page_size must be at most {MAX_PAGE_SIZE}"
+            )));
+        }
+        let name = match q.get("name").filter(|s| !s.is_empty()) {
+            None => None,
+            Some(n) if flag(q, "use_regex") => {
+                Some(Filter::Regex(regex::Regex::new(n).map_err(|e| {
+                    ApiError::bad_request(format!("invalid regex: {e}"))
+                })?))
+            }
+            Some(n) => Some(Filter::Substring(n.clone())),
+        };
+        Ok(ListParams {
+            page,
+            page_size,
+            name,
+            sort: q.get("sort").filter(|s| !s.is_empty()).cloned(),
+            sort_reverse: flag(q, "sort_reverse"),
+            columns: q
+                .get("columns")
+                .filter(|s| !s.is_empty())
+                .map(|c| c.split(',').map(|s| s.trim().to_string()).collect()),
+        })
+    }
+}
+
+/// Look up a dotted path in a JSON object.
+fn at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(v, |v, k| v.get(k))
+}
+
+fn compare(a: Option<&Value>, b: Option<&Value>) -> Ordering {
+    match (a, b) {
+        (Some(Value::Number(x)), Some(Value::Number(y))) => x
+            .as_f64()
+            .partial_cmp(&y.as_f64())
+            .unwrap_or(Ordering::Equal),
+        (Some(Value::String(x)), Some(Value::String(y))) => x.cmp(y),
+        (Some(Value::Bool(x)), Some(Value::Bool(y))) => x.cmp(y),
+        (None | Some(Value::Null), None | Some(Value::Null)) => Ordering::Equal,
+        (None | Some(Value::Null), _) => Ordering::Less,
+        (_, None | Some(Value::Null)) => Ordering::Greater,
+        (Some(x), Some(y)) => x.to_string().cmp(&y.to_string()),
+    }
+}
+
+fn insert_path(m: &mut Map<String, Value>, parts: &[&str], v: Value) {
+    match parts {
+        [] => {}
+        [last] => {
+            m.insert(last.to_string(), v);
+        }
+        [first, rest @ ..] => {
+            let entry = m
+                .entry(first.to_string())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(inner) = entry {
+                insert_path(inner, rest, v);
+            }
+        }
+    }
+}
+
+/// Keep only the listed (possibly dotted) columns.
+fn project(v: Value, columns: &[String]) -> Value {
+    let mut out = Map::new();
+    for c in columns {
+        if let Some(found) = at(&v, c) {
+            let parts: Vec<&str> = c.split('.').collect();
+            insert_path(&mut out, &parts, found.clone());
+        }
+    }
+    Value::Object(out)
+}
+
+/// Filter, sort, page and render `rows`. `key` gives (vhost, name) of a row.
+pub fn respond<T>(
+    mut rows: Vec<T>,
+    p: &ListParams,
+    key: impl Fn(&T) -> (&str, &str),
+    render: impl Fn(&T) -> Value,
+) -> ApiResult<Json<Value>> {
+    let total = rows.len();
+    if let Some(f) = &p.name {
+        rows.retain(|r| f.matches(key(r).1));
+    }
+    let filtered = rows.len();
+    let by_key = matches!(p.sort.as_deref(), None | Some("name" | "vhost"));
+    let mut items: Vec<Value> = if by_key {
+        match p.sort.as_deref() {
+            Some("name") => rows.sort_by(|a, b| key(a).1.cmp(key(b).1)),
+            _ => rows.sort_by(|a, b| key(a).cmp(&key(b))),
+        }
+        if p.sort_reverse {
+            rows.reverse();
+        }
+        let range = page_range(p, filtered)?;
+        rows[range].iter().map(&render).collect()
+    } else {
+        let mut all: Vec<Value> = rows.iter().map(&render).collect();
+        let field = p.sort.as_deref().unwrap_or("name");
+        all.sort_by(|a, b| compare(at(a, field), at(b, field)));
+        if p.sort_reverse {
+            all.reverse();
+        }
+        let range = page_range(p, filtered)?;
+        all.drain(range).collect()
+    };
+    if let Some(cols) = &p.columns {
+        items = items.into_iter().map(|v| project(v, cols)).collect();
+    }
+    Ok(Json(match p.page {
+        None => Value::Array(items),
+        Some(page) => json!({
+            "filtered_count": filtered,
+            "item_count": items.len(),
+            "items": items,
+            "page": page,
+            "page_count": filtered.div_ceil(p.page_size).max(1),
+            "page_size": p.page_size,
+            "total_count": total,
+        }),
+    }))
+}
+
+fn page_range(p: &ListParams, n: usize) -> ApiResult<std::ops::Range<usize>> {
+    let Some(page) = p.page else { return Ok(0..n) };
+    let pages = n.div_ceil(p.page_size).max(1);
+    if page > pages {
+        return Err(ApiError::bad_request("Page out of range"));
+    }
+    let start = (page - 1) * p.page_size;
+    Ok(start..(start + p.page_size).min(n))
+}
+
+/// Plain JSON values (no vhost/name fast path): filter on their `name` field.
+pub fn respond_values(rows: Vec<Value>, p: &ListParams) -> ApiResult<Json<Value>> {
+    let keyed: Vec<(String, String, Value)> = rows
+        .into_iter()
+        .map(|v| {
+            let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+            (s("vhost"), s("name"), v)
+        })
+        .collect();
+    respond(keyed, p, |r| (r.0.as_str(), r.1.as_str()), |r| r.2.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(q: &[(&str, &str)]) -> ListParams {
+        let m = q
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ListParams::parse(&m).unwrap()
+    }
+
+    #[test]
+    fn pages_sorts_filters_and_projects() {
+        let rows: Vec<Value> = (0..25)
+            .map(|i| json!({"vhost": "/", "name": format!("q{i:02}"), "messages": 25 - i, "x": {"y": i}}))
+            .collect();
+        let Json(v) =
+            respond_values(rows.clone(), &params(&[("page", "2"), ("page_size", "10")])).unwrap();
+        assert_eq!(v["page_count"], 3);
+        assert_eq!(v["items"][0]["name"], "q10");
+        let Json(v) = respond_values(rows.clone(), &params(&[("sort", "messages")])).unwrap();
+        assert_eq!(v[0]["name"], "q24");
+        let Json(v) = respond_values(
+            rows.clone(),
+            &params(&[("name", "q1"), ("columns", "name,x.y")]),
+        )
+        .unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 10);
+        assert_eq!(v[0], json!({"name": "q10", "x": {"y": 10}}));
+        let m: HashMap<String, String> = [("page_size".to_string(), "501".to_string())].into();
+        assert!(ListParams::parse(&m).is_err());
+        assert!(respond_values(rows, &params(&[("page", "4"), ("page_size", "10")])).is_err());
+    }
+}

@@ -1,0 +1,180 @@
+//! `GET /api/overview`, `/api/nodes`, `/api/whoami` and the health checks.
+
+use super::authn::Authed;
+use super::error::{ApiError, ApiResult};
+use super::rates::message_stats;
+use super::{metrics, Ctx, State};
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The RabbitMQ release whose management API this one follows (tools key features on it).
+pub const RABBITMQ_VERSION: &str = "3.13.7";
+
+pub fn routes() -> Router<Arc<Ctx>> {
+    Router::new()
+        .route("/api/overview", get(overview))
+        .route("/api/nodes", get(nodes))
+        .route("/api/nodes/{node}", get(node))
+        .route("/api/whoami", get(whoami))
+        .route(
+            "/api/extensions",
+            get(|_: Authed| async { Json(json!([])) }),
+        )
+        .route("/api/health/checks/alarms", get(ok))
+        .route("/api/health/checks/local-alarms", get(ok))
+        .route("/api/health/checks/virtual-hosts", get(ok))
+        .route(
+            "/api/health/checks/port-listener/{port}",
+            get(port_listener),
+        )
+}
+
+/// Depth totals over the queues a user may see.
+pub fn queue_totals(ctx: &Ctx, user: &Authed) -> (u64, u64, usize, usize) {
+    let (mut ready, mut unacked, mut queues, mut consumers) = (0, 0, 0, 0);
+    for v in ctx.broker.vhosts.iter() {
+        if !user.sees_vhost(ctx, &v.name) {
+            continue;
+        }
+        for q in v.queues.iter() {
+            let (r, _, c) = q.depth();
+            ready += r;
+            unacked += q.stats.unacked();
+            queues += 1;
+            consumers += c as usize;
+        }
+    }
+    (ready, unacked, queues, consumers)
+}
+
+async fn overview(axum::extract::State(ctx): State, user: Authed) -> Json<Value> {
+    let (ready, unacked, queues, consumers) = queue_totals(&ctx, &user);
+    let exchanges: usize = ctx
+        .broker
+        .vhosts
+        .iter()
+        .filter(|v| user.sees_vhost(&ctx, &v.name))
+        .map(|v| v.exchanges.len())
+        .sum();
+    let (conns, channels) = ctx
+        .broker
+        .connections
+        .iter()
+        .filter(|c| user.sees_connection(&c.info.read().user))
+        .fold((0, 0), |(n, ch), c| (n + 1, ch + c.channels.lock().len()));
+    let (counts, rates) = ctx.rates.overall(&ctx.broker);
+    let zero = json!({"rate": 0.0});
+    let listener = |protocol: &str, addr: std::net::SocketAddr| json!({"node": ctx.node, "protocol": protocol, "ip_address": addr.ip().to_string(), "port": addr.port()});
+    Json(json!({
+        "management_version": RABBITMQ_VERSION,
+        "rabbitmq_version": RABBITMQ_VERSION,
+        "product_name": "WarrenMQ",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "erlang_version": "n/a",
+        "rates_mode": "basic",
+        "cluster_name": "warrenmq",
+        "node": ctx.node,
+        "exchange_types": [
+            {"name": "direct", "description": "AMQP direct exchange", "enabled": true},
+            {"name": "fanout", "description": "AMQP fanout exchange", "enabled": true},
+            {"name": "headers", "description": "AMQP headers exchange", "enabled": true},
+            {"name": "topic", "description": "AMQP topic exchange", "enabled": true},
+        ],
+        "object_totals": {
+            "connections": conns,
+            "channels": channels,
+            "consumers": consumers,
+            "exchanges": exchanges,
+            "queues": queues,
+        },
+        "queue_totals": {
+            "messages": ready + unacked,
+            "messages_details": zero,
+            "messages_ready": ready,
+            "messages_ready_details": zero,
+            "messages_unacknowledged": unacked,
+            "messages_unacknowledged_details": zero,
+        },
+        "message_stats": message_stats(&counts, &rates),
+        "listeners": [
+            listener("amqp", ctx.amqp_addr),
+            listener("http", ctx.http_addr),
+            listener("http/prometheus", ctx.metrics_addr),
+        ],
+        "contexts": [{"node": ctx.node, "description": "WarrenMQ Management", "path": "/", "port": ctx.http_addr.port().to_string()}],
+        "statistics_db_event_queue": 0,
+    }))
+}
+
+fn node_json(ctx: &Ctx) -> Value {
+    json!({
+        "name": ctx.node,
+        "type": "disc",
+        "running": true,
+        "os_pid": std::process::id().to_string(),
+        "mem_used": metrics::rss_bytes(),
+        "mem_alarm": false,
+        "disk_free": metrics::disk_free(&ctx.broker.config.data_dir),
+        "disk_free_alarm": false,
+        "uptime": ctx.started.elapsed().as_millis() as u64,
+        "processors": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "run_queue": 0,
+        "partitions": [],
+        "sockets_used": ctx.broker.connections.len(),
+        "applications": [],
+    })
+}
+
+async fn nodes(axum::extract::State(ctx): State, user: Authed) -> ApiResult<Json<Value>> {
+    user.require_monitor()?;
+    Ok(Json(json!([node_json(&ctx)])))
+}
+
+async fn node(
+    axum::extract::State(ctx): State,
+    user: Authed,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    user.require_monitor()?;
+    if name != ctx.node {
+        return Err(ApiError::not_found());
+    }
+    Ok(Json(node_json(&ctx)))
+}
+
+async fn whoami(user: Authed) -> Json<Value> {
+    Json(json!({"name": user.0.name, "tags": user.0.tags}))
+}
+
+async fn ok(_: Authed) -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn port_listener(
+    axum::extract::State(ctx): State,
+    _: Authed,
+    Path(port): Path<String>,
+) -> ApiResult<Response> {
+    let port: u16 = port
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid port '{port}'")))?;
+    let ports = [
+        ctx.amqp_addr.port(),
+        ctx.http_addr.port(),
+        ctx.metrics_addr.port(),
+    ];
+    Ok(if ports.contains(&port) {
+        Json(json!({"status": "ok", "port": port})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failed", "reason": "No active listener", "missing": port, "ports": ports})),
+        )
+            .into_response()
+    })
+}

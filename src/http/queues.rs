@@ -1,0 +1,266 @@
+//! Queues: list (fast paging for many queues), declare (PUT), delete with `if-empty` /
+//! `if-unused`, bindings, purge (`DELETE …/contents`) and get (`POST …/get`).
+
+use super::authn::{Authed, JsonBody};
+use super::bindings::vhost_bindings;
+use super::error::{ApiError, ApiResult};
+use super::json::{json_to_table, properties_to_json, table_to_json};
+use super::list::{respond, ListParams, Params};
+use super::rates::message_stats;
+use super::{Ctx, State};
+use crate::auth::permissions::queue_declare_needs;
+use crate::auth::{Kind, Perm};
+use crate::broker::queue::inspect::GetMode;
+use crate::broker::queue::Queue;
+use crate::broker::vhost::{QueueDeclare, VHost};
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::routing::{delete as delete_route, get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub fn routes() -> Router<Arc<Ctx>> {
+    Router::new()
+        .route("/api/queues", get(list_all))
+        .route("/api/queues/{vhost}", get(list_vhost))
+        .route(
+            "/api/queues/{vhost}/{name}",
+            get(get_one).put(declare).delete(delete),
+        )
+        .route("/api/queues/{vhost}/{name}/bindings", get(bindings))
+        .route("/api/queues/{vhost}/{name}/contents", delete_route(purge))
+        .route("/api/queues/{vhost}/{name}/get", post(get_messages))
+}
+
+pub fn queue_json(ctx: &Ctx, v: &VHost, q: &Queue) -> Value {
+    let (ready, bytes, consumers) = q.depth();
+    let unacked = q.stats.unacked();
+    let zero = json!({"rate": 0.0});
+    let rates = ctx.rates.queue_rates(&v.name, q.name());
+    let mut j = json!({
+        "name": q.name(),
+        "vhost": v.name,
+        "durable": q.spec.durable,
+        "auto_delete": q.spec.auto_delete,
+        "exclusive": q.spec.exclusive_owner.is_some(),
+        "arguments": table_to_json(&q.spec.arguments),
+        "node": ctx.node,
+        "state": "running",
+        "type": "classic",
+        "consumers": consumers,
+        "messages": ready + unacked,
+        "messages_details": zero,
+        "messages_ready": ready,
+        "messages_ready_details": zero,
+        "messages_unacknowledged": unacked,
+        "messages_unacknowledged_details": zero,
+        "message_bytes": bytes,
+        "message_bytes_ready": bytes,
+        "effective_policy_definition": v.policy_definition(q.name(), true),
+        "message_stats": message_stats(&q.stats.counts(), &rates),
+    });
+    if let Some(p) = v.policy_name(q.name(), true) {
+        j["policy"] = json!(p);
+    }
+    j
+}
+
+fn rows(ctx: &Ctx, user: &Authed, only: Option<&str>) -> Vec<(Arc<VHost>, Arc<Queue>)> {
+    let mut out = Vec::new();
+    for v in ctx.broker.vhosts.iter() {
+        if only.is_some_and(|o| o != v.name) || !user.sees_vhost(ctx, &v.name) {
+            continue;
+        }
+        out.reserve(v.queues.len());
+        for q in v.queues.iter() {
+            out.push((v.clone(), q.clone()));
+        }
+    }
+    out
+}
+
+async fn list_all(
+    axum::extract::State(ctx): State,
+    user: Authed,
+    q: Params,
+) -> ApiResult<Json<Value>> {
+    let p = ListParams::parse(&q)?;
+    respond(
+        rows(&ctx, &user, None),
+        &p,
+        |(v, q)| (v.name.as_str(), q.name()),
+        |(v, q)| queue_json(&ctx, v, q),
+    )
+}
+
+async fn list_vhost(
+    axum::extract::State(ctx): State,
+    user: Authed,
+    Path(vhost): Path<String>,
+    q: Params,
+) -> ApiResult<Json<Value>> {
+    let p = ListParams::parse(&q)?;
+    user.vhost(&ctx, &vhost)?;
+    respond(
+        rows(&ctx, &user, Some(&vhost)),
+        &p,
+        |(v, q)| (v.name.as_str(), q.name()),
+        |(v, q)| queue_json(&ctx, v, q),
+    )
+}
+
+fn find(v: &VHost, name: &str) -> ApiResult<Arc<Queue>> {
+    v.queues
+        .get(name)
+        .map(|q| q.clone())
+        .ok_or_else(ApiError::not_found)
+}
+
+async fn get_one(
+    axum::extract::State(ctx): State,
+    user: Authed,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let v = user.vhost(&ctx, &vhost)?;
+    let q = find(&v, &name)?;
+    Ok(Json(queue_json(&ctx, &v, &q)))
+}
+
+async fn declare(
+    axum::extract::State(ctx): State,
+    user: Authed,
+    Path((vhost, name)): Path<(String, String)>,
+    body: JsonBody,
+) -> ApiResult<StatusCode> {
+    let v = user.vhost(&ctx, &vhost)?;
+    if name.is_empty() || name.len() > 255 {
+        return Err(ApiError::bad_request("queue names are 1 to 255 bytes"));
+    }
+    let arguments = json_to_table(body.0.get("arguments")).map_err(ApiError::bad_request)?;
+    for (perm, k, res) in queue_declare_needs(&name, &arguments) {
+        user.check(&ctx, &vhost, perm, k, &res)?;
+    }
+    let (_, created) = v.declare_queue(
+        QueueDeclare {
+            name,
+            passive: false,
+            durable: body.bool("durable")?.unwrap_or(true),
+            exclusive: false,
+            auto_delete: body.bool("auto_delete")?.unwrap_or(false),
+            arguments,
+            server_named: false,
+        },
+        0,
+    )?;
+    Ok(if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::NO_CONTENT
+    })
+}
+
+async fn delete(
+    axum::extract::State(ctx): State,
+    user: Authed,
+    Path((vhost, name)): Path<(String, String)>,
+    q: Params,
+) -> ApiResult<StatusCode> {
+    let v = user.vhost(&ctx, &vhost)?;
+    user.check(&ctx, &vhost, Perm::Configure, Kind::Queue, &name)?;
+    find(&v, &name)?;
+    let flag = |k: &str| q.get(k).is_some_and(|v| v == "true");
+    v.delete_queue(&name, flag("if-unused"), flag("if-empty"), 0)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn bindings(
+    axum::extract::State(ctx): State,
+    user: Authed,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let v = user.vhost(&ctx, &vhost)?;
+    find(&v, &name)?;
+    Ok(Json(Value::Array(
+        vhost_bindings(&v)
+            .into_iter()
+            .filter(|b| b["destination"] == name.as_str() && b["destination_type"] == "queue")
+            .collect(),
+    )))
+}
+
+async fn purge(
+    axum::extract::State(ctx): State,
+    user: Authed,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let v = user.vhost(&ctx, &vhost)?;
+    user.check(&ctx, &vhost, Perm::Read, Kind::Queue, &name)?;
+    v.queue(&name, 0)?.purge();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_messages(
+    axum::extract::State(ctx): State,
+    user: Authed,
+    Path((vhost, name)): Path<(String, String)>,
+    body: JsonBody,
+) -> ApiResult<Json<Value>> {
+    let v = user.vhost(&ctx, &vhost)?;
+    user.check(&ctx, &vhost, Perm::Read, Kind::Queue, &name)?;
+    let q = v.queue(&name, 0)?;
+    let count = body
+        .0
+        .get("count")
+        .and_then(|c| {
+            c.as_u64()
+                .or_else(|| c.as_str().and_then(|s| s.parse().ok()))
+        })
+        .ok_or_else(|| ApiError::bad_request("count is required"))?;
+    let mode = match body.str("ackmode") {
+        Some("ack_requeue_true" | "reject_requeue_true") => GetMode::Requeue,
+        Some("ack_requeue_false") => GetMode::Ack,
+        Some("reject_requeue_false") => GetMode::Reject,
+        _ => {
+            return Err(ApiError::bad_request(
+                "ackmode must be ack_requeue_true, ack_requeue_false, reject_requeue_true or reject_requeue_false",
+            ))
+        }
+    };
+    let encoding = body.str("encoding").unwrap_or("auto");
+    if !matches!(encoding, "auto" | "base64") {
+        return Err(ApiError::bad_request("encoding must be auto or base64"));
+    }
+    let truncate = body
+        .0
+        .get("truncate")
+        .and_then(|t| t.as_u64())
+        .map(|t| t as usize);
+    let msgs = q.fetch(count.min(10_000) as usize, mode);
+    let out = msgs
+        .iter()
+        .map(|(qm, left)| {
+            let m = &qm.msg;
+            let body = &m.body[..truncate.map_or(m.body.len(), |t| t.min(m.body.len()))];
+            let (payload, enc) = match std::str::from_utf8(body) {
+                Ok(s) if encoding == "auto" => (s.to_string(), "string"),
+                _ => (
+                    base64::engine::general_purpose::STANDARD.encode(body),
+                    "base64",
+                ),
+            };
+            json!({
+                "payload_bytes": m.body.len(),
+                "redelivered": qm.redelivered,
+                "exchange": m.exchange,
+                "routing_key": m.routing_key,
+                "message_count": left,
+                "properties": properties_to_json(&m.properties),
+                "payload": payload,
+                "payload_encoding": enc,
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(out)))
+}

@@ -1,0 +1,184 @@
+//! Message rates from counters: every few seconds the sampler reads each queue's atomic
+//! counters (and each connection's publish counter), and the difference since the last
+//! sample over the time between them is the rate. Nothing on the message path takes a
+//! lock for this. Counters of deleted queues and closed connections are kept in a retired
+//! total so overall counts never go backwards.
+
+use crate::broker::queue::stats::Counts;
+use crate::broker::Broker;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often counters are sampled (RabbitMQ's default statistics interval).
+pub const INTERVAL: Duration = Duration::from_secs(5);
+
+/// Per-second rates of the counted events.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct RateSet {
+    pub publish: f64,
+    pub deliver: f64,
+    pub get: f64,
+    pub redeliver: f64,
+    pub ack: f64,
+}
+
+impl RateSet {
+    fn between(old: &Counts, new: &Counts, secs: f64) -> Self {
+        let r = |a: u64, b: u64| b.saturating_sub(a) as f64 / secs;
+        RateSet {
+            publish: r(old.publish, new.publish),
+            deliver: r(old.deliver, new.deliver),
+            get: r(old.get, new.get),
+            redeliver: r(old.redeliver, new.redeliver),
+            ack: r(old.ack, new.ack),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    at: Option<Instant>,
+    /// (vhost, queue) → counts at the last sample and the rates they gave.
+    queues: HashMap<(String, String), (Counts, RateSet)>,
+    /// connection id → its publish counter at the last sample.
+    conns: HashMap<u64, u64>,
+    /// Counters of queues and connections that are gone.
+    retired: Counts,
+    overall: (Counts, RateSet),
+}
+
+#[derive(Default)]
+pub struct Rates {
+    inner: Mutex<Inner>,
+}
+
+impl Rates {
+    /// Take a sample now.
+    pub fn sample(&self, broker: &Broker) {
+        let now = Instant::now();
+        let mut current: HashMap<(String, String), Counts> = HashMap::new();
+        for v in broker.vhosts.iter() {
+            for q in v.queues.iter() {
+                current.insert((v.name.clone(), q.name().to_string()), q.stats.counts());
+            }
+        }
+        let conns: HashMap<u64, u64> = broker
+            .connections
+            .iter()
+            .map(|c| (c.id, c.published.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect();
+        let mut inner = self.inner.lock();
+        let secs = inner
+            .at
+            .map(|t| now.duration_since(t).as_secs_f64())
+            .filter(|s| *s > 0.0);
+        // What disappeared since the last sample is retired with its last counts.
+        let mut retired = inner.retired;
+        for (k, (c, _)) in &inner.queues {
+            if !current.contains_key(k) {
+                let mut gone = *c;
+                gone.publish = 0;
+                retired.add(&gone);
+            }
+        }
+        for (id, p) in &inner.conns {
+            if !conns.contains_key(id) {
+                retired.publish += p;
+            }
+        }
+        let mut total = retired;
+        total.publish += conns.values().sum::<u64>();
+        let mut queues = HashMap::with_capacity(current.len());
+        for (k, c) in current {
+            let mut q = c;
+            q.publish = 0;
+            total.add(&q);
+            let rates = match (secs, inner.queues.get(&k)) {
+                (Some(s), Some((old, _))) => RateSet::between(old, &c, s),
+                _ => RateSet::default(),
+            };
+            queues.insert(k, (c, rates));
+        }
+        let overall_rates = match secs {
+            Some(s) => RateSet::between(&inner.overall.0, &total, s),
+            None => RateSet::default(),
+        };
+        *inner = Inner {
+            at: Some(now),
+            queues,
+            conns,
+            retired,
+            overall: (total, overall_rates),
+        };
+    }
+
+    pub fn queue_rates(&self, vhost: &str, name: &str) -> RateSet {
+        self.inner
+            .lock()
+            .queues
+            .get(&(vhost.to_string(), name.to_string()))
+            .map(|(_, r)| *r)
+            .unwrap_or_default()
+    }
+
+    /// Overall counters as of now (live plus retired) and the last sampled rates.
+    pub fn overall(&self, broker: &Broker) -> (Counts, RateSet) {
+        let (retired, known_conns, rates) = {
+            let inner = self.inner.lock();
+            (inner.retired, inner.conns.clone(), inner.overall.1)
+        };
+        let mut total = retired;
+        for v in broker.vhosts.iter() {
+            for q in v.queues.iter() {
+                let mut c = q.stats.counts();
+                c.publish = 0;
+                total.add(&c);
+            }
+        }
+        for c in broker.connections.iter() {
+            total.publish += c.published.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        // Connections closed since the last sample still count until it retires them.
+        for (id, p) in known_conns {
+            if !broker.connections.contains_key(&id) {
+                total.publish += p;
+            }
+        }
+        (total, rates)
+    }
+}
+
+/// RabbitMQ's `message_stats` object: counts and `<name>_details.rate`.
+pub fn message_stats(c: &Counts, r: &RateSet) -> Value {
+    let d = |rate: f64| json!({"rate": (rate * 10.0).round() / 10.0});
+    json!({
+        "publish": c.publish, "publish_details": d(r.publish),
+        "deliver": c.deliver, "deliver_details": d(r.deliver),
+        "deliver_no_ack": 0, "deliver_no_ack_details": d(0.0),
+        "get": c.get, "get_details": d(r.get),
+        "get_no_ack": 0, "get_no_ack_details": d(0.0),
+        "deliver_get": c.deliver + c.get, "deliver_get_details": d(r.deliver + r.get),
+        "redeliver": c.redeliver, "redeliver_details": d(r.redeliver),
+        "ack": c.ack, "ack_details": d(r.ack),
+    })
+}
+
+/// Sample every INTERVAL until the broker's Arc is the last one or shutdown.
+pub fn spawn(
+    broker: Arc<Broker>,
+    rates: Arc<Rates>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => rates.sample(&broker),
+                _ = shutdown.changed() => return,
+            }
+        }
+    });
+}
