@@ -509,7 +509,17 @@ fn main() {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5))
         .configure_from_args();
-    bench_topic(&mut c);
-    bench_headers(&mut c);
+    // A name filter (as for criterion) also skips the other group's setup and CPU-time run.
+    let filter = args
+        .iter()
+        .skip(1)
+        .find(|a| !a.starts_with('-') && a.as_str() != "bench");
+    let wants = |group: &str| filter.is_none_or(|f| group.contains(f.as_str()));
+    if wants("topic_100k_bindings") {
+        bench_topic(&mut c);
+    }
+    if wants("headers_10k_bindings") {
+        bench_headers(&mut c);
+    }
     c.final_summary();
 }

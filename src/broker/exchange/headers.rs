@@ -13,7 +13,9 @@
 //! keys, and a hit is a match. An `all` binding is indexed under one key, its anchor (the
 //! one with the shortest list when it was bound, preferring values to presence), and a hit
 //! there is checked against its other keys; so a common value such as `format=json` shared
-//! by thousands of bindings costs nothing unless it is the only thing they ask for.
+//! by thousands of bindings costs nothing unless it is the only thing they ask for. For
+//! the common two-key binding the other key's id and value hash sit in the posting itself,
+//! so a candidate that does not match is rejected without reading the binding.
 
 use super::fxhash::{FxHashMap, FxHasher};
 use super::{Binding, Destination, Matcher};
@@ -120,42 +122,67 @@ fn value_hash(v: &AMQPValue) -> u64 {
 }
 
 type Id = u32;
+type KeyId = u32;
 
 struct Compiled {
     binding: Binding,
     any: bool,
-    /// Considered (key, value) pairs.
-    pairs: Vec<(String, AMQPValue)>,
+    /// Considered pairs: key id, key, value.
+    pairs: Vec<(KeyId, String, AMQPValue)>,
     /// Which pairs are in the index: all of them for `any`, the anchor for `all`.
     indexed: Vec<usize>,
 }
 
+/// The message's headers that some binding names: key id, value hash, value.
+type Present<'m> = [(KeyId, u64, &'m AMQPValue)];
+
+fn find<'p, 'm>(present: &'p Present<'m>, key: KeyId) -> Option<&'p (KeyId, u64, &'m AMQPValue)> {
+    present.iter().find(|(k, _, _)| *k == key)
+}
+
 impl Compiled {
-    /// Does a message with these headers satisfy every pair?
-    fn all_match(&self, headers: &FieldTable) -> bool {
-        self.pairs
-            .iter()
-            .all(|(k, want)| match headers.inner().get(k.as_str()) {
-                None => false,
-                Some(_) if matches!(want, AMQPValue::Void) => true,
-                Some(have) => header_eq(want, have),
-            })
+    /// Does the message satisfy every pair but the anchor (whose hit brought us here)?
+    fn all_match(&self, present: &Present<'_>) -> bool {
+        let anchor = self.indexed.first().copied();
+        self.pairs.iter().enumerate().all(|(i, (key, _, want))| {
+            Some(i) == anchor
+                || match find(present, *key) {
+                    None => false,
+                    Some(_) if matches!(want, AMQPValue::Void) => true,
+                    Some((_, _, have)) => header_eq(want, have),
+                }
+        })
     }
 }
 
-/// Bindings that want one header, by value.
-#[derive(Default)]
-struct KeyIndex {
+/// What a hit on a posting still has to check, kept inline so that a candidate that does
+/// not match is rejected without touching the binding itself.
+#[derive(Clone, Copy)]
+enum Check {
+    /// `any` binding, or `all` binding with nothing besides its anchor: a hit is a match.
+    Nothing,
+    /// `all` binding with one more pair: that key present, with a value of this hash
+    /// (confirmed on the binding when the hash agrees), or merely present if `void`.
+    One { key: KeyId, hash: u64, void: bool },
+    /// `all` binding with more pairs: check them all on the binding.
+    Full,
+}
+
+#[derive(Clone, Copy)]
+struct Posting {
+    id: Id,
+    check: Check,
+}
+
+/// One header name used by some binding: its id and the bindings indexed under it.
+struct KeyEntry {
+    id: KeyId,
+    /// How many binding pairs name this key (the entry goes when none does).
+    uses: usize,
     /// Void-valued: the header's presence is enough.
-    presence: Vec<Id>,
-    /// Value hash → groups of bindings wanting an equal value.
-    by_value: FxHashMap<u64, Vec<(AMQPValue, Vec<Id>)>>,
-}
-
-impl KeyIndex {
-    fn is_empty(&self) -> bool {
-        self.presence.is_empty() && self.by_value.is_empty()
-    }
+    presence: Vec<Posting>,
+    /// Value hash → groups of postings wanting an equal value.
+    by_value: FxHashMap<u64, Vec<(AMQPValue, Vec<Posting>)>>,
 }
 
 #[derive(Default)]
@@ -164,7 +191,9 @@ pub struct HeadersMatcher {
     free: Vec<Id>,
     /// Bindings by destination, to find one on unbind without a scan.
     by_destination: FxHashMap<DestKey, Vec<Id>>,
-    index: FxHashMap<String, KeyIndex>,
+    keys: FxHashMap<String, KeyEntry>,
+    free_keys: Vec<KeyId>,
+    next_key: KeyId,
     /// `all` bindings with no considered key: they match every message.
     always: Vec<Id>,
     count: usize,
@@ -189,58 +218,91 @@ fn remove_id(list: &mut Vec<Id>, id: Id) {
     }
 }
 
+fn remove_posting(list: &mut Vec<Posting>, id: Id) {
+    if let Some(p) = list.iter().position(|x| x.id == id) {
+        list.swap_remove(p);
+    }
+}
+
 impl HeadersMatcher {
+    /// The id of a key, registered (one more use) if new.
+    fn use_key(&mut self, k: &str) -> KeyId {
+        if let Some(e) = self.keys.get_mut(k) {
+            e.uses += 1;
+            return e.id;
+        }
+        let id = self.free_keys.pop().unwrap_or_else(|| {
+            self.next_key += 1;
+            self.next_key - 1
+        });
+        let entry = KeyEntry {
+            id,
+            uses: 1,
+            presence: Vec::new(),
+            by_value: FxHashMap::default(),
+        };
+        self.keys.insert(k.to_string(), entry);
+        id
+    }
+
+    fn release_key(&mut self, k: &str) {
+        if let Some(e) = self.keys.get_mut(k) {
+            e.uses -= 1;
+            if e.uses == 0 {
+                self.free_keys.push(e.id);
+                self.keys.remove(k);
+            }
+        }
+    }
+
     /// How many bindings a message carrying this pair would reach through the index;
     /// presence is counted as dearer than a value, as more messages carry the header.
     fn anchor_cost(&self, k: &str, v: &AMQPValue) -> usize {
-        let Some(ki) = self.index.get(k) else {
-            return if matches!(v, AMQPValue::Void) { 1 } else { 0 };
+        let Some(e) = self.keys.get(k) else {
+            return usize::from(matches!(v, AMQPValue::Void));
         };
         if matches!(v, AMQPValue::Void) {
-            return 1 + 4 * ki.presence.len();
+            return 1 + 4 * e.presence.len();
         }
-        ki.by_value
+        e.by_value
             .get(&value_hash(v))
             .and_then(|groups| groups.iter().find(|(g, _)| header_eq(g, v)))
             .map_or(0, |(_, ids)| ids.len())
-            + ki.presence.len()
+            + e.presence.len()
     }
 
-    fn index_pair(&mut self, k: &str, v: &AMQPValue, id: Id) {
-        let ki = self.index.entry(k.to_string()).or_default();
+    fn index_pair(&mut self, k: &str, v: &AMQPValue, p: Posting) {
+        let e = self.keys.get_mut(k).expect("key registered");
         if matches!(v, AMQPValue::Void) {
-            ki.presence.push(id);
+            e.presence.push(p);
             return;
         }
-        let groups = ki.by_value.entry(value_hash(v)).or_default();
+        let groups = e.by_value.entry(value_hash(v)).or_default();
         match groups.iter_mut().find(|(g, _)| header_eq(g, v)) {
-            Some((_, ids)) => ids.push(id),
-            None => groups.push((v.clone(), vec![id])),
+            Some((_, list)) => list.push(p),
+            None => groups.push((v.clone(), vec![p])),
         }
     }
 
     fn unindex_pair(&mut self, k: &str, v: &AMQPValue, id: Id) {
-        let Some(ki) = self.index.get_mut(k) else {
+        let Some(e) = self.keys.get_mut(k) else {
             return;
         };
         if matches!(v, AMQPValue::Void) {
-            remove_id(&mut ki.presence, id);
-        } else {
-            let h = value_hash(v);
-            if let Some(groups) = ki.by_value.get_mut(&h) {
-                if let Some(g) = groups.iter().position(|(g, _)| header_eq(g, v)) {
-                    remove_id(&mut groups[g].1, id);
-                    if groups[g].1.is_empty() {
-                        groups.swap_remove(g);
-                    }
-                }
-                if groups.is_empty() {
-                    ki.by_value.remove(&h);
+            remove_posting(&mut e.presence, id);
+            return;
+        }
+        let h = value_hash(v);
+        if let Some(groups) = e.by_value.get_mut(&h) {
+            if let Some(g) = groups.iter().position(|(g, _)| header_eq(g, v)) {
+                remove_posting(&mut groups[g].1, id);
+                if groups[g].1.is_empty() {
+                    groups.swap_remove(g);
                 }
             }
-        }
-        if ki.is_empty() {
-            self.index.remove(k);
+            if groups.is_empty() {
+                e.by_value.remove(&h);
+            }
         }
     }
 
@@ -255,6 +317,12 @@ impl HeadersMatcher {
                     .is_some_and(|c| &c.binding == b)
             })
     }
+
+    fn slot(&self, id: Id) -> &Compiled {
+        self.slots[id as usize]
+            .as_ref()
+            .expect("indexed binding exists")
+    }
 }
 
 impl Matcher for HeadersMatcher {
@@ -264,7 +332,8 @@ impl Matcher for HeadersMatcher {
             return Ok(false);
         }
         let with_x = matches!(mode, XMatch::AllWithX | XMatch::AnyWithX);
-        let pairs: Vec<(String, AMQPValue)> = b
+        let any = matches!(mode, XMatch::Any | XMatch::AnyWithX);
+        let considered: Vec<(String, AMQPValue)> = b
             .arguments
             .inner()
             .iter()
@@ -274,7 +343,18 @@ impl Matcher for HeadersMatcher {
             })
             .map(|(k, v)| (k.as_str().to_string(), v.clone()))
             .collect();
-        let any = matches!(mode, XMatch::Any | XMatch::AnyWithX);
+        let indexed: Vec<usize> = if any {
+            (0..considered.len()).collect()
+        } else {
+            (0..considered.len())
+                .min_by_key(|i| self.anchor_cost(&considered[*i].0, &considered[*i].1))
+                .into_iter()
+                .collect()
+        };
+        let pairs: Vec<(KeyId, String, AMQPValue)> = considered
+            .into_iter()
+            .map(|(k, v)| (self.use_key(&k), k, v))
+            .collect();
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
@@ -282,17 +362,21 @@ impl Matcher for HeadersMatcher {
                 (self.slots.len() - 1) as Id
             }
         };
-        let indexed: Vec<usize> = if any {
-            (0..pairs.len()).collect()
+        let check = if any || pairs.len() == 1 {
+            Check::Nothing
+        } else if pairs.len() == 2 {
+            let (key, _, v) = &pairs[1 - indexed[0]];
+            Check::One {
+                key: *key,
+                hash: value_hash(v),
+                void: matches!(v, AMQPValue::Void),
+            }
         } else {
-            (0..pairs.len())
-                .min_by_key(|i| self.anchor_cost(&pairs[*i].0, &pairs[*i].1))
-                .into_iter()
-                .collect()
+            Check::Full
         };
         for i in &indexed {
-            let (k, v) = &pairs[*i];
-            self.index_pair(k, v, id);
+            let (_, k, v) = &pairs[*i];
+            self.index_pair(k, v, Posting { id, check });
         }
         if pairs.is_empty() && !any {
             self.always.push(id);
@@ -317,8 +401,11 @@ impl Matcher for HeadersMatcher {
         };
         let c = self.slots[id as usize].take().expect("found");
         for i in &c.indexed {
-            let (k, v) = &c.pairs[*i];
+            let (_, k, v) = &c.pairs[*i];
             self.unindex_pair(k, v, id);
+        }
+        for (_, k, _) in &c.pairs {
+            self.release_key(k);
         }
         remove_id(&mut self.always, id);
         let dk = dest_key(&c.binding.destination);
@@ -334,47 +421,69 @@ impl Matcher for HeadersMatcher {
     }
 
     fn route(&self, _routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Destination>) {
-        let dest = |id: Id| {
-            self.slots[id as usize]
-                .as_ref()
-                .expect("indexed binding exists")
-                .binding
-                .destination
-                .clone()
-        };
-        out.extend(self.always.iter().map(|id| dest(*id)));
+        out.extend(
+            self.always
+                .iter()
+                .map(|id| self.slot(*id).binding.destination.clone()),
+        );
         let Some(headers) = headers else {
             return;
         };
-        // An `all` binding is reached once (through its anchor) and checked; an `any`
-        // binding may be reached through several keys, so those hits are deduplicated.
-        let mut any_hits: Vec<Id> = Vec::new();
-        let mut hit = |ids: &[Id], out: &mut Vec<Destination>| {
-            for id in ids {
-                let c = self.slots[*id as usize].as_ref().expect("indexed");
-                if c.any {
-                    any_hits.push(*id);
-                } else if c.all_match(headers) {
-                    out.push(c.binding.destination.clone());
-                }
-            }
-        };
+        // First the message's known headers and the posting lists they hit, then the
+        // candidates (an `all` candidate's other pairs may be any of those headers).
+        let mut present: Vec<(KeyId, u64, &AMQPValue)> = Vec::new();
+        let mut lists: Vec<&[Posting]> = Vec::new();
         for (k, have) in headers.inner() {
-            let Some(ki) = self.index.get(k.as_str()) else {
+            let Some(e) = self.keys.get(k.as_str()) else {
                 continue;
             };
-            hit(&ki.presence, out);
-            if let Some(groups) = ki.by_value.get(&value_hash(have)) {
-                for (want, ids) in groups {
+            let h = value_hash(have);
+            present.push((e.id, h, have));
+            if !e.presence.is_empty() {
+                lists.push(&e.presence);
+            }
+            if let Some(groups) = e.by_value.get(&h) {
+                for (want, list) in groups {
                     if header_eq(want, have) {
-                        hit(ids, out);
+                        lists.push(list);
                     }
+                }
+            }
+        }
+        // An `any` binding may be hit through several keys: deduplicated at the end.
+        let mut any_hits: Vec<Id> = Vec::new();
+        for p in lists.into_iter().flatten() {
+            let matched = match p.check {
+                Check::Nothing => true,
+                Check::One { key, hash, void } => match find(&present, key) {
+                    None => false,
+                    Some(_) if void => true,
+                    Some((_, h, have)) => {
+                        *h == hash && {
+                            let c = self.slot(p.id);
+                            let (_, _, want) = &c.pairs[1 - c.indexed[0]];
+                            header_eq(want, have)
+                        }
+                    }
+                },
+                Check::Full => self.slot(p.id).all_match(&present),
+            };
+            if matched {
+                let c = self.slot(p.id);
+                if c.any {
+                    any_hits.push(p.id);
+                } else {
+                    out.push(c.binding.destination.clone());
                 }
             }
         }
         any_hits.sort_unstable();
         any_hits.dedup();
-        out.extend(any_hits.into_iter().map(dest));
+        out.extend(
+            any_hits
+                .into_iter()
+                .map(|id| self.slot(id).binding.destination.clone()),
+        );
     }
 
     fn bindings(&self) -> Vec<Binding> {
@@ -494,7 +603,7 @@ mod tests {
         for (i, a) in bindings.iter().enumerate().filter(|(i, _)| *i != 5) {
             assert!(m.unbind(&b(i, a.clone())));
         }
-        assert!(m.is_empty() && m.index.is_empty() && m.by_destination.is_empty());
+        assert!(m.is_empty() && m.keys.is_empty() && m.by_destination.is_empty());
     }
 
     #[test]
