@@ -9,6 +9,7 @@
 //! - `broker`     — vhosts, exchanges (one matcher per type), queues, deliveries, messages, policies
 //! - `store`      — durable definitions in sled, recovery, format version
 //! - `auth`       — users, password hashes, tags, permissions and their checks; PLAIN/AMQPLAIN
+//! - `ctl`        — `warrenmq ctl`, the admin client of the management API
 //! - `http`       — management HTTP API, Prometheus metrics, rates, the dashboard
 //! - `error`      — reply codes and the error type every handler returns
 
@@ -17,6 +18,7 @@ pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod connection;
+pub mod ctl;
 pub mod error;
 pub mod http;
 pub mod protocol;

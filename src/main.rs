@@ -1,4 +1,5 @@
-//! `warrenmq` / `warrenmq serve`: start the broker.
+//! `warrenmq` / `warrenmq serve`: start the broker. `warrenmq ctl …`: administer a running
+//! one through its management API.
 
 use clap::{Parser, Subcommand};
 use warrenmq::config::{Config, ServeArgs};
@@ -16,12 +17,15 @@ struct Cli {
 enum Command {
     /// Start the broker (the default).
     Serve(ServeArgs),
+    /// Administer a running broker through its management HTTP API.
+    Ctl(warrenmq::ctl::CtlArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(a)) => a,
+        Some(Command::Ctl(a)) => return ctl(a),
         None => cli.serve,
     };
     let config = match Config::load(&args) {
@@ -58,6 +62,26 @@ fn main() -> std::process::ExitCode {
         handle.shutdown().await;
         std::process::ExitCode::SUCCESS
     })
+}
+
+fn ctl(args: warrenmq::ctl::CtlArgs) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("warrenmq: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(warrenmq::ctl::run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warrenmq ctl: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn wait_for_signal() {
