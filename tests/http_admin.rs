@@ -208,6 +208,31 @@ async fn permissions_set_get_clear_and_enforced_over_amqp() {
         .unwrap_err();
     assert_eq!(reply_code(&e), Some(403));
 
+    // Deleting the user closes its connections.
+    a.put("/api/users/temp", json!({"password": "pw", "tags": ""}))
+        .await;
+    a.put(
+        "/api/permissions/%2F/temp",
+        json!({"configure": "", "write": "", "read": ""}),
+    )
+    .await;
+    let temp = lapin::Connection::connect(
+        &format!("amqp://temp:pw@{}/%2f", b.addr()),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.delete("/api/users/temp").await.0, 204);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while temp.status().connected() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connection of a deleted user stays open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(a.get("/api/permissions/%2F/temp").await.0 == 404);
+
     assert_eq!(a.delete("/api/permissions/%2F/worker").await.0, 204);
     assert_eq!(a.delete("/api/permissions/%2F/worker").await.0, 404);
     let e = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())

@@ -143,11 +143,24 @@ async fn delete(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     user.require_admin()?;
-    if ctx.broker.auth.delete_user(&name) {
+    if delete_and_disconnect(&ctx, &name) {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found())
     }
+}
+
+/// Delete a user and close its connections with 320, as RabbitMQ does.
+fn delete_and_disconnect(ctx: &Ctx, name: &str) -> bool {
+    if !ctx.broker.auth.delete_user(name) {
+        return false;
+    }
+    for c in ctx.broker.connections.iter() {
+        if c.info.read().user == name {
+            c.force_close(&format!("user '{name}' was deleted"));
+        }
+    }
+    true
 }
 
 async fn bulk_delete(
@@ -162,7 +175,7 @@ async fn bulk_delete(
         .and_then(|u| u.as_array())
         .ok_or_else(|| ApiError::bad_request("users must be a list of names"))?;
     for n in names.iter().filter_map(|n| n.as_str()) {
-        ctx.broker.auth.delete_user(n);
+        delete_and_disconnect(&ctx, n);
     }
     Ok(StatusCode::NO_CONTENT)
 }
