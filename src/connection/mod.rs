@@ -363,59 +363,44 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 properties,
                 raw_properties,
             } => {
-                let ch = self.open_channel(channel)?;
-                if ch.is_closing() {
-                    return Ok(true);
-                }
                 let max = self.broker.config.max_message_size;
-                let res = {
-                    let ch = self
-                        .channels
-                        .get_mut(&channel)
-                        .ok_or_else(|| unknown_channel(channel))?;
-                    let ctx = ChannelCtx {
-                        broker: &self.broker,
-                        vhost: self
-                            .vhost
-                            .as_ref()
-                            .ok_or_else(|| AmqpError::internal("no vhost"))?,
-                        conn: &self.shared,
-                        user: &self.user,
-                        access: &self.access,
-                    };
-                    ch.on_header(&ctx, class_id, body_size, properties, raw_properties, max)
-                };
-                self.channel_result(channel, res)
+                self.on_content(channel, |ch, ctx| {
+                    ch.on_header(ctx, class_id, body_size, properties, raw_properties, max)
+                })
             }
             InFrame::Body { channel, payload } => {
-                let ch = self.open_channel(channel)?;
-                if ch.is_closing() {
-                    return Ok(true);
-                }
-                let res = {
-                    let ch = self
-                        .channels
-                        .get_mut(&channel)
-                        .ok_or_else(|| unknown_channel(channel))?;
-                    let ctx = ChannelCtx {
-                        broker: &self.broker,
-                        vhost: self
-                            .vhost
-                            .as_ref()
-                            .ok_or_else(|| AmqpError::internal("no vhost"))?,
-                        conn: &self.shared,
-                        user: &self.user,
-                        access: &self.access,
-                    };
-                    ch.on_body(&ctx, payload)
-                };
-                self.channel_result(channel, res)
+                self.on_content(channel, |ch, ctx| ch.on_body(ctx, payload))
             }
         }
     }
 
-    fn open_channel(&self, id: u16) -> Result<&Channel, AmqpError> {
-        self.channels.get(&id).ok_or_else(|| unknown_channel(id))
+    /// Hand a content frame to its channel (ignored while the channel is closing).
+    fn on_content(
+        &mut self,
+        id: u16,
+        f: impl FnOnce(&mut Channel, &ChannelCtx<'_>) -> Result<(), AmqpError>,
+    ) -> Result<bool, AmqpError> {
+        let res = {
+            let ch = self
+                .channels
+                .get_mut(&id)
+                .ok_or_else(|| unknown_channel(id))?;
+            if ch.is_closing() {
+                return Ok(true);
+            }
+            let ctx = ChannelCtx {
+                broker: &self.broker,
+                vhost: self
+                    .vhost
+                    .as_ref()
+                    .ok_or_else(|| AmqpError::internal("no vhost"))?,
+                conn: &self.shared,
+                user: &self.user,
+                access: &self.access,
+            };
+            f(ch, &ctx)
+        };
+        self.channel_result(id, res)
     }
 
     /// A soft error closes the channel; a hard one propagates to close the connection.
