@@ -1,5 +1,5 @@
-//! A virtual host: its exchanges and queues, declaration rules, bindings, and the shared
-//! routing step every publish goes through.
+//! A virtual host: its exchanges and queues, declaration rules and bindings. The shared
+//! routing step every publish goes through is in `exchange/route.rs`.
 
 use super::args::{self, EXCHANGE_EQUIVALENCE_KEYS, QUEUE_EQUIVALENCE_KEYS};
 use super::exchange::{Binding, Destination, Exchange, ExchangeSpec, ExchangeType};

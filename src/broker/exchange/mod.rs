@@ -1,7 +1,7 @@
 //! Exchanges: the declaration, the bindings, and per type a matcher that answers "which
 //! destinations does this message reach". Extras that apply to every type (default
-//! exchange, e2e bindings, alternate exchanges, CC/BCC) live in the shared routing step in
-//! `vhost.rs`, not here.
+//! exchange, e2e bindings, alternate exchanges, CC/BCC) live in the shared routing step,
+//! `route.rs` (`VHost::route` and `VHost::route_publish`), not in the matchers.
 
 mod direct;
 mod fanout;
