@@ -109,7 +109,7 @@ async fn list_all(
     axum::extract::State(ctx): State,
     user: Authed,
     q: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     let p = ListParams::parse(&q)?;
     let mut rows = Vec::new();
     for v in ctx.broker.vhosts.iter() {
@@ -125,7 +125,7 @@ async fn list_vhost(
     user: Authed,
     Path(vhost): Path<String>,
     q: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     let p = ListParams::parse(&q)?;
     let v = user.vhost(&ctx, &vhost)?;
     respond_values(vhost_bindings(&v), &p)

@@ -88,7 +88,7 @@ async fn list_connections(
     axum::extract::State(ctx): State,
     user: Authed,
     q: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     let p = ListParams::parse(&q)?;
     let rows = visible(&ctx, &user, None)
         .iter()
@@ -102,7 +102,7 @@ async fn vhost_connections(
     user: Authed,
     Path(vhost): Path<String>,
     q: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     let p = ListParams::parse(&q)?;
     user.vhost(&ctx, &vhost)?;
     let rows = visible(&ctx, &user, Some(&vhost))
@@ -180,7 +180,7 @@ async fn list_channels(
     axum::extract::State(ctx): State,
     user: Authed,
     q: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     let p = ListParams::parse(&q)?;
     respond_values(channels_of(&ctx, &visible(&ctx, &user, None)), &p)
 }
@@ -190,7 +190,7 @@ async fn vhost_channels(
     user: Authed,
     Path(vhost): Path<String>,
     q: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     let p = ListParams::parse(&q)?;
     user.vhost(&ctx, &vhost)?;
     respond_values(channels_of(&ctx, &visible(&ctx, &user, Some(&vhost))), &p)
@@ -201,7 +201,7 @@ async fn connection_channels(
     user: Authed,
     Path(name): Path<String>,
     q: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     let p = ListParams::parse(&q)?;
     let c = find(&ctx, &user, &name)?;
     respond_values(channels_of(&ctx, &[c]), &p)
@@ -262,7 +262,7 @@ async fn list_consumers(
     axum::extract::State(ctx): State,
     user: Authed,
     q: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     let p = ListParams::parse(&q)?;
     respond_values(consumers(&ctx, &user, None), &p)
 }
@@ -272,7 +272,7 @@ async fn vhost_consumers(
     user: Authed,
     Path(vhost): Path<String>,
     q: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     let p = ListParams::parse(&q)?;
     user.vhost(&ctx, &vhost)?;
     respond_values(consumers(&ctx, &user, Some(&vhost)), &p)

@@ -83,7 +83,7 @@ async fn list_all(
     axum::extract::State(ctx): State,
     user: Authed,
     q: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     let p = ListParams::parse(&q)?;
     respond(
         rows(&ctx, &user, None),
@@ -98,7 +98,7 @@ async fn list_vhost(
     user: Authed,
     Path(vhost): Path<String>,
     q: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     let p = ListParams::parse(&q)?;
     user.vhost(&ctx, &vhost)?;
     respond(

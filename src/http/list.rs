@@ -9,8 +9,10 @@
 
 use super::error::{ApiError, ApiResult};
 use axum::extract::Query;
-use axum::Json;
-use serde_json::{json, Map, Value};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Map, Value};
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
@@ -139,20 +141,49 @@ fn project(v: Value, columns: &[String]) -> Value {
     Value::Object(out)
 }
 
-/// Filter, sort, page and render `rows`. `key` gives (vhost, name) of a row.
-pub fn respond<T>(
+/// A rendered list item: serialized as is, and asked for a field to sort on. The default
+/// goes through a JSON value; row types override it for the fields sorted on often.
+pub trait Row: Serialize {
+    fn field(&self, path: &str) -> Option<Value> {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| at(&v, path).cloned())
+    }
+}
+
+impl Row for Value {
+    fn field(&self, path: &str) -> Option<Value> {
+        at(self, path).cloned()
+    }
+}
+
+#[derive(Serialize)]
+struct Page<'a, R: Serialize> {
+    filtered_count: usize,
+    item_count: usize,
+    items: &'a [R],
+    page: usize,
+    page_count: usize,
+    page_size: usize,
+    total_count: usize,
+}
+
+/// Filter, sort, page and render `rows`. `key` gives (vhost, name) of a row. Items are
+/// serialized straight from their row type (no JSON tree) unless `columns` asks for a
+/// projection.
+pub fn respond<T, R: Row>(
     mut rows: Vec<T>,
     p: &ListParams,
     key: impl Fn(&T) -> (&str, &str),
-    render: impl Fn(&T) -> Value,
-) -> ApiResult<Json<Value>> {
+    render: impl Fn(&T) -> R,
+) -> ApiResult<Response> {
     let total = rows.len();
     if let Some(f) = &p.name {
         rows.retain(|r| f.matches(key(r).1));
     }
     let filtered = rows.len();
     let by_key = matches!(p.sort.as_deref(), None | Some("name" | "vhost"));
-    let mut items: Vec<Value> = if by_key {
+    let items: Vec<R> = if by_key {
         match p.sort.as_deref() {
             Some("name") => rows.sort_by(|a, b| key(a).1.cmp(key(b).1)),
             _ => rows.sort_by(|a, b| key(a).cmp(&key(b))),
@@ -163,30 +194,54 @@ pub fn respond<T>(
         let range = page_range(p, filtered)?;
         rows[range].iter().map(&render).collect()
     } else {
-        let mut all: Vec<Value> = rows.iter().map(&render).collect();
         let field = p.sort.as_deref().unwrap_or("name");
-        all.sort_by(|a, b| compare(at(a, field), at(b, field)));
+        let mut all: Vec<(Option<Value>, R)> = rows
+            .iter()
+            .map(|r| {
+                let item = render(r);
+                (item.field(field), item)
+            })
+            .collect();
+        all.sort_by(|a, b| compare(a.0.as_ref(), b.0.as_ref()));
         if p.sort_reverse {
             all.reverse();
         }
         let range = page_range(p, filtered)?;
-        all.drain(range).collect()
+        all.drain(range).map(|(_, r)| r).collect()
     };
-    if let Some(cols) = &p.columns {
-        items = items.into_iter().map(|v| project(v, cols)).collect();
+    match &p.columns {
+        Some(cols) => {
+            let projected: Vec<Value> = items
+                .iter()
+                .filter_map(|r| serde_json::to_value(r).ok())
+                .map(|v| project(v, cols))
+                .collect();
+            json_response(p, &projected, filtered, total)
+        }
+        None => json_response(p, &items, filtered, total),
     }
-    Ok(Json(match p.page {
-        None => Value::Array(items),
-        Some(page) => json!({
-            "filtered_count": filtered,
-            "item_count": items.len(),
-            "items": items,
-            "page": page,
-            "page_count": filtered.div_ceil(p.page_size).max(1),
-            "page_size": p.page_size,
-            "total_count": total,
+}
+
+fn json_response<R: Serialize>(
+    p: &ListParams,
+    items: &[R],
+    filtered: usize,
+    total: usize,
+) -> ApiResult<Response> {
+    let body = match p.page {
+        None => serde_json::to_vec(items),
+        Some(page) => serde_json::to_vec(&Page {
+            filtered_count: filtered,
+            item_count: items.len(),
+            items,
+            page,
+            page_count: filtered.div_ceil(p.page_size).max(1),
+            page_size: p.page_size,
+            total_count: total,
         }),
-    }))
+    }
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 fn page_range(p: &ListParams, n: usize) -> ApiResult<std::ops::Range<usize>> {
@@ -200,7 +255,7 @@ fn page_range(p: &ListParams, n: usize) -> ApiResult<std::ops::Range<usize>> {
 }
 
 /// Plain JSON values (no vhost/name fast path): filter on their `name` field.
-pub fn respond_values(rows: Vec<Value>, p: &ListParams) -> ApiResult<Json<Value>> {
+pub fn respond_values(rows: Vec<Value>, p: &ListParams) -> ApiResult<Response> {
     let keyed: Vec<(String, String, Value)> = rows
         .into_iter()
         .map(|v| {
@@ -214,6 +269,25 @@ pub fn respond_values(rows: Vec<Value>, p: &ListParams) -> ApiResult<Json<Value>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn body(r: ApiResult<Response>) -> Value {
+        let r = r.unwrap();
+        let bytes = futures_body(r);
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn futures_body(r: Response) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            axum::body::to_bytes(r.into_body(), usize::MAX)
+                .await
+                .unwrap()
+                .to_vec()
+        })
+    }
 
     fn params(q: &[(&str, &str)]) -> ListParams {
         let m = q
@@ -228,17 +302,21 @@ mod tests {
         let rows: Vec<Value> = (0..25)
             .map(|i| json!({"vhost": "/", "name": format!("q{i:02}"), "messages": 25 - i, "x": {"y": i}}))
             .collect();
-        let Json(v) =
-            respond_values(rows.clone(), &params(&[("page", "2"), ("page_size", "10")])).unwrap();
+        let v = body(respond_values(
+            rows.clone(),
+            &params(&[("page", "2"), ("page_size", "10")]),
+        ));
         assert_eq!(v["page_count"], 3);
         assert_eq!(v["items"][0]["name"], "q10");
-        let Json(v) = respond_values(rows.clone(), &params(&[("sort", "messages")])).unwrap();
+        let v = body(respond_values(
+            rows.clone(),
+            &params(&[("sort", "messages")]),
+        ));
         assert_eq!(v[0]["name"], "q24");
-        let Json(v) = respond_values(
+        let v = body(respond_values(
             rows.clone(),
             &params(&[("name", "q1"), ("columns", "name,x.y")]),
-        )
-        .unwrap();
+        ));
         assert_eq!(v.as_array().unwrap().len(), 10);
         assert_eq!(v[0], json!({"name": "q10", "x": {"y": 10}}));
         let m: HashMap<String, String> = [("page_size".to_string(), "501".to_string())].into();

@@ -23,7 +23,11 @@ pub fn permission_json(p: &PermissionRecord) -> Value {
     json!({"user": p.user, "vhost": p.vhost, "configure": p.configure, "write": p.write, "read": p.read})
 }
 
-async fn list(axum::extract::State(ctx): State, user: Authed, q: Params) -> ApiResult<Json<Value>> {
+async fn list(
+    axum::extract::State(ctx): State,
+    user: Authed,
+    q: Params,
+) -> ApiResult<axum::response::Response> {
     user.require_admin()?;
     let p = ListParams::parse(&q)?;
     let rows = ctx

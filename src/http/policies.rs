@@ -72,7 +72,7 @@ async fn list_all(
     axum::extract::State(ctx): State,
     user: Authed,
     q: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     may_read(&user)?;
     let p = ListParams::parse(&q)?;
     respond_values(records(&ctx, &user, None), &p)
@@ -83,7 +83,7 @@ async fn list_vhost(
     user: Authed,
     Path(vhost): Path<String>,
     q: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     may_read(&user)?;
     let p = ListParams::parse(&q)?;
     user.vhost(&ctx, &vhost)?;

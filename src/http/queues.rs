@@ -5,8 +5,8 @@ use super::authn::{Authed, JsonBody};
 use super::bindings::vhost_bindings;
 use super::error::{ApiError, ApiResult};
 use super::json::{json_to_table, properties_to_json, table_to_json};
-use super::list::{respond, ListParams, Params};
-use super::rates::message_stats;
+use super::list::{respond, ListParams, Params, Row};
+use super::rates::{message_stats, MessageStats, Rate};
 use super::{Ctx, State};
 use crate::auth::permissions::queue_declare_needs;
 use crate::auth::{Kind, Perm};
@@ -18,6 +18,7 @@ use axum::http::StatusCode;
 use axum::routing::{delete as delete_route, get, post};
 use axum::{Json, Router};
 use base64::Engine;
+use serde::Serialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -34,37 +35,95 @@ pub fn routes() -> Router<Arc<Ctx>> {
         .route("/api/queues/{vhost}/{name}/get", post(get_messages))
 }
 
-pub fn queue_json(ctx: &Ctx, v: &VHost, q: &Queue) -> Value {
+/// A queue as the API shows it, serialized without building a JSON tree (lists of
+/// 10,000 queues are rendered in one go).
+#[derive(Serialize)]
+pub struct QueueRow {
+    name: String,
+    vhost: String,
+    durable: bool,
+    auto_delete: bool,
+    exclusive: bool,
+    arguments: Value,
+    node: String,
+    state: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    consumers: u32,
+    messages: u64,
+    messages_details: Rate,
+    messages_ready: u64,
+    messages_ready_details: Rate,
+    messages_unacknowledged: u64,
+    messages_unacknowledged_details: Rate,
+    message_bytes: u64,
+    message_bytes_ready: u64,
+    effective_policy_definition: serde_json::Map<String, Value>,
+    message_stats: MessageStats,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<String>,
+}
+
+impl Row for QueueRow {
+    fn field(&self, path: &str) -> Option<Value> {
+        let rate = |r: &Rate| Some(json!(r.rate));
+        match path {
+            "name" => Some(json!(self.name)),
+            "vhost" => Some(json!(self.vhost)),
+            "messages" => Some(json!(self.messages)),
+            "messages_ready" => Some(json!(self.messages_ready)),
+            "messages_unacknowledged" => Some(json!(self.messages_unacknowledged)),
+            "consumers" => Some(json!(self.consumers)),
+            "message_bytes" => Some(json!(self.message_bytes)),
+            "message_stats.publish_details.rate" => rate(&self.message_stats.publish_details),
+            "message_stats.deliver_get_details.rate" => {
+                rate(&self.message_stats.deliver_get_details)
+            }
+            "message_stats.ack_details.rate" => rate(&self.message_stats.ack_details),
+            other => serde_json::to_value(self)
+                .ok()
+                .and_then(|v| other.split('.').try_fold(v, |v, k| v.get(k).cloned())),
+        }
+    }
+}
+
+pub fn queue_row(ctx: &Ctx, v: &VHost, q: &Queue) -> QueueRow {
     let (ready, bytes, consumers) = q.depth();
     let unacked = q.stats.unacked();
-    let zero = json!({"rate": 0.0});
+    let zero = Rate::of(0.0);
     let rates = ctx.rates.queue_rates(&v.name, q.name());
-    let mut j = json!({
-        "name": q.name(),
-        "vhost": v.name,
-        "durable": q.spec.durable,
-        "auto_delete": q.spec.auto_delete,
-        "exclusive": q.spec.exclusive_owner.is_some(),
-        "arguments": table_to_json(&q.spec.arguments),
-        "node": ctx.node,
-        "state": "running",
-        "type": "classic",
-        "consumers": consumers,
-        "messages": ready + unacked,
-        "messages_details": zero,
-        "messages_ready": ready,
-        "messages_ready_details": zero,
-        "messages_unacknowledged": unacked,
-        "messages_unacknowledged_details": zero,
-        "message_bytes": bytes,
-        "message_bytes_ready": bytes,
-        "effective_policy_definition": v.policy_definition(q.name(), true),
-        "message_stats": message_stats(&q.stats.counts(), &rates),
-    });
-    if let Some(p) = v.policy_name(q.name(), true) {
-        j["policy"] = json!(p);
+    let no_policies = v.settings.read().policies.is_empty();
+    QueueRow {
+        name: q.name().to_string(),
+        vhost: v.name.clone(),
+        durable: q.spec.durable,
+        auto_delete: q.spec.auto_delete,
+        exclusive: q.spec.exclusive_owner.is_some(),
+        arguments: table_to_json(&q.spec.arguments),
+        node: ctx.node.clone(),
+        state: "running",
+        kind: "classic",
+        consumers,
+        messages: ready + unacked,
+        messages_details: zero,
+        messages_ready: ready,
+        messages_ready_details: zero,
+        messages_unacknowledged: unacked,
+        messages_unacknowledged_details: zero,
+        message_bytes: bytes,
+        message_bytes_ready: bytes,
+        effective_policy_definition: if no_policies {
+            Default::default()
+        } else {
+            v.policy_definition(q.name(), true)
+        },
+        message_stats: message_stats(&q.stats.counts(), &rates),
+        policy: if no_policies {
+            None
+        } else {
+            v.policy_name(q.name(), true)
+        },
     }
-    j
 }
 
 fn rows(ctx: &Ctx, user: &Authed, only: Option<&str>) -> Vec<(Arc<VHost>, Arc<Queue>)> {
@@ -85,13 +144,13 @@ async fn list_all(
     axum::extract::State(ctx): State,
     user: Authed,
     q: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     let p = ListParams::parse(&q)?;
     respond(
         rows(&ctx, &user, None),
         &p,
         |(v, q)| (v.name.as_str(), q.name()),
-        |(v, q)| queue_json(&ctx, v, q),
+        |(v, q)| queue_row(&ctx, v, q),
     )
 }
 
@@ -100,14 +159,14 @@ async fn list_vhost(
     user: Authed,
     Path(vhost): Path<String>,
     q: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     let p = ListParams::parse(&q)?;
     user.vhost(&ctx, &vhost)?;
     respond(
         rows(&ctx, &user, Some(&vhost)),
         &p,
         |(v, q)| (v.name.as_str(), q.name()),
-        |(v, q)| queue_json(&ctx, v, q),
+        |(v, q)| queue_row(&ctx, v, q),
     )
 }
 
@@ -125,7 +184,7 @@ async fn get_one(
 ) -> ApiResult<Json<Value>> {
     let v = user.vhost(&ctx, &vhost)?;
     let q = find(&v, &name)?;
-    Ok(Json(queue_json(&ctx, &v, &q)))
+    Ok(Json(json!(queue_row(&ctx, &v, &q))))
 }
 
 async fn declare(

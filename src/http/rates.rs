@@ -7,7 +7,7 @@
 use crate::broker::queue::stats::Counts;
 use crate::broker::Broker;
 use parking_lot::Mutex;
-use serde_json::{json, Value};
+use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,8 +41,8 @@ impl RateSet {
 #[derive(Default)]
 struct Inner {
     at: Option<Instant>,
-    /// (vhost, queue) → counts at the last sample and the rates they gave.
-    queues: HashMap<(String, String), (Counts, RateSet)>,
+    /// vhost → queue → counts at the last sample and the rates they gave.
+    queues: HashMap<String, HashMap<String, (Counts, RateSet)>>,
     /// connection id → its publish counter at the last sample.
     conns: HashMap<u64, u64>,
     /// Counters of queues and connections that are gone.
@@ -59,10 +59,11 @@ impl Rates {
     /// Take a sample now.
     pub fn sample(&self, broker: &Broker) {
         let now = Instant::now();
-        let mut current: HashMap<(String, String), Counts> = HashMap::new();
+        let mut current: HashMap<String, HashMap<String, Counts>> = HashMap::new();
         for v in broker.vhosts.iter() {
+            let m = current.entry(v.name.clone()).or_default();
             for q in v.queues.iter() {
-                current.insert((v.name.clone(), q.name().to_string()), q.stats.counts());
+                m.insert(q.name().to_string(), q.stats.counts());
             }
         }
         let conns: HashMap<u64, u64> = broker
@@ -77,11 +78,13 @@ impl Rates {
             .filter(|s| *s > 0.0);
         // What disappeared since the last sample is retired with its last counts.
         let mut retired = inner.retired;
-        for (k, (c, _)) in &inner.queues {
-            if !current.contains_key(k) {
-                let mut gone = *c;
-                gone.publish = 0;
-                retired.add(&gone);
+        for (v, qs) in &inner.queues {
+            for (name, (c, _)) in qs {
+                if !current.get(v).is_some_and(|m| m.contains_key(name)) {
+                    let mut gone = *c;
+                    gone.publish = 0;
+                    retired.add(&gone);
+                }
             }
         }
         for (id, p) in &inner.conns {
@@ -91,16 +94,21 @@ impl Rates {
         }
         let mut total = retired;
         total.publish += conns.values().sum::<u64>();
-        let mut queues = HashMap::with_capacity(current.len());
-        for (k, c) in current {
-            let mut q = c;
-            q.publish = 0;
-            total.add(&q);
-            let rates = match (secs, inner.queues.get(&k)) {
-                (Some(s), Some((old, _))) => RateSet::between(old, &c, s),
-                _ => RateSet::default(),
-            };
-            queues.insert(k, (c, rates));
+        let mut queues: HashMap<String, HashMap<String, (Counts, RateSet)>> = HashMap::new();
+        for (v, qs) in current {
+            let old_v = inner.queues.get(&v);
+            let mut m = HashMap::with_capacity(qs.len());
+            for (name, c) in qs {
+                let mut q = c;
+                q.publish = 0;
+                total.add(&q);
+                let rates = match (secs, old_v.and_then(|o| o.get(&name))) {
+                    (Some(s), Some((old, _))) => RateSet::between(old, &c, s),
+                    _ => RateSet::default(),
+                };
+                m.insert(name, (c, rates));
+            }
+            queues.insert(v, m);
         }
         let overall_rates = match secs {
             Some(s) => RateSet::between(&inner.overall.0, &total, s),
@@ -119,7 +127,8 @@ impl Rates {
         self.inner
             .lock()
             .queues
-            .get(&(vhost.to_string(), name.to_string()))
+            .get(vhost)
+            .and_then(|m| m.get(name))
             .map(|(_, r)| *r)
             .unwrap_or_default()
     }
@@ -151,19 +160,60 @@ impl Rates {
     }
 }
 
+/// `{"rate": …}`, one decimal.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Rate {
+    pub rate: f64,
+}
+
+impl Rate {
+    pub fn of(r: f64) -> Self {
+        Rate {
+            rate: (r * 10.0).round() / 10.0,
+        }
+    }
+}
+
 /// RabbitMQ's `message_stats` object: counts and `<name>_details.rate`.
-pub fn message_stats(c: &Counts, r: &RateSet) -> Value {
-    let d = |rate: f64| json!({"rate": (rate * 10.0).round() / 10.0});
-    json!({
-        "publish": c.publish, "publish_details": d(r.publish),
-        "deliver": c.deliver, "deliver_details": d(r.deliver),
-        "deliver_no_ack": 0, "deliver_no_ack_details": d(0.0),
-        "get": c.get, "get_details": d(r.get),
-        "get_no_ack": 0, "get_no_ack_details": d(0.0),
-        "deliver_get": c.deliver + c.get, "deliver_get_details": d(r.deliver + r.get),
-        "redeliver": c.redeliver, "redeliver_details": d(r.redeliver),
-        "ack": c.ack, "ack_details": d(r.ack),
-    })
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageStats {
+    pub publish: u64,
+    pub publish_details: Rate,
+    pub deliver: u64,
+    pub deliver_details: Rate,
+    pub deliver_no_ack: u64,
+    pub deliver_no_ack_details: Rate,
+    pub get: u64,
+    pub get_details: Rate,
+    pub get_no_ack: u64,
+    pub get_no_ack_details: Rate,
+    pub deliver_get: u64,
+    pub deliver_get_details: Rate,
+    pub redeliver: u64,
+    pub redeliver_details: Rate,
+    pub ack: u64,
+    pub ack_details: Rate,
+}
+
+pub fn message_stats(c: &Counts, r: &RateSet) -> MessageStats {
+    MessageStats {
+        publish: c.publish,
+        publish_details: Rate::of(r.publish),
+        deliver: c.deliver,
+        deliver_details: Rate::of(r.deliver),
+        deliver_no_ack: 0,
+        deliver_no_ack_details: Rate::of(0.0),
+        get: c.get,
+        get_details: Rate::of(r.get),
+        get_no_ack: 0,
+        get_no_ack_details: Rate::of(0.0),
+        deliver_get: c.deliver + c.get,
+        deliver_get_details: Rate::of(r.deliver + r.get),
+        redeliver: c.redeliver,
+        redeliver_details: Rate::of(r.redeliver),
+        ack: c.ack,
+        ack_details: Rate::of(r.ack),
+    }
 }
 
 /// Sample every INTERVAL until the broker's Arc is the last one or shutdown.

@@ -33,7 +33,11 @@ pub fn user_json(u: &User) -> Value {
     })
 }
 
-async fn list(axum::extract::State(ctx): State, user: Authed, q: Params) -> ApiResult<Json<Value>> {
+async fn list(
+    axum::extract::State(ctx): State,
+    user: Authed,
+    q: Params,
+) -> ApiResult<axum::response::Response> {
     user.require_admin()?;
     let p = ListParams::parse(&q)?;
     respond_values(

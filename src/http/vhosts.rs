@@ -43,7 +43,11 @@ fn vhost_json(ctx: &Ctx, v: &VHost) -> Value {
     })
 }
 
-async fn list(axum::extract::State(ctx): State, user: Authed, q: Params) -> ApiResult<Json<Value>> {
+async fn list(
+    axum::extract::State(ctx): State,
+    user: Authed,
+    q: Params,
+) -> ApiResult<axum::response::Response> {
     let p = ListParams::parse(&q)?;
     let rows: Vec<Arc<VHost>> = ctx
         .broker
