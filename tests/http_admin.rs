@@ -290,6 +290,14 @@ async fn policies_apply_to_matching_queues_and_arguments_win() {
     }
     assert_eq!(depth("capped.a").await, 2);
     assert_eq!(depth("capped.b").await, 1);
+    // Lowering the limit sheds what is over it at once (drop-head).
+    a.put(
+        "/api/policies/%2F/cap2",
+        json!({"pattern": "^capped\\.a$", "definition": {"max-length": 1}, "priority": 5}),
+    )
+    .await;
+    assert_eq!(depth("capped.a").await, 1);
+    assert_eq!(a.delete("/api/policies/%2F/cap2").await.0, 204);
     let q = a.ok("/api/queues/%2F/capped.a").await;
     assert_eq!(q["policy"], "cap");
     assert_eq!(q["effective_policy_definition"]["max-length"], 2);
@@ -347,7 +355,7 @@ async fn policies_apply_to_matching_queues_and_arguments_win() {
         publish(&ch, "", "capped.a", format!("{i}").as_bytes()).await;
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while depth("capped.a").await < 5 {
+    while depth("capped.a").await < 4 {
         assert!(std::time::Instant::now() < deadline, "policy still applied");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }

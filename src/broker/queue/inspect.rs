@@ -2,8 +2,9 @@
 //! byte counts, fetching messages for display (`POST …/get`) and swapping its effective
 //! arguments when policies change.
 
-use super::args::QueueArgs;
+use super::args::{Overflow, QueueArgs};
 use super::Queue;
+use crate::broker::dead_letter::DeathReason;
 use crate::broker::delivery::Consumer;
 use crate::broker::message::QueuedMessage;
 use crate::protocol::FieldTable;
@@ -81,10 +82,23 @@ impl Queue {
         // The number of priority levels is fixed when the queue is made.
         args.max_priority = self.args.load().max_priority;
         let expires = args.expires.is_some();
+        let drop_head = args.overflow == Overflow::DropHead;
         self.args.store(Arc::new(args));
         if expires {
             self.ensure_timer();
         }
+        // A lower limit applies at once: drop-head queues shed (or dead-letter) their oldest.
+        let mut dead = Vec::new();
+        if drop_head {
+            let mut inner = self.inner.lock();
+            while self.over_limit(&inner.ready, 0, 0) {
+                match inner.ready.pop() {
+                    Some(head) => dead.push((head, DeathReason::Maxlen)),
+                    None => break,
+                }
+            }
+        }
+        self.dead_letter(dead);
         self.dispatch();
     }
 }
