@@ -157,6 +157,11 @@ async fn kill_9_loses_no_confirmed_message() {
         let mut child = spawn_broker(dir.path(), port);
         let conn = connect(port).await;
         let ch = conn.create_channel().await.unwrap();
+        // Redeclare, as a client would: if the broker died before anything was confirmed,
+        // the declaration itself may not have reached the disk.
+        ch.queue_declare("crash".into(), durable, FieldTable::default())
+            .await
+            .unwrap();
         let mut recovered = HashSet::new();
         while let Some(m) = within(
             "get",

@@ -150,6 +150,16 @@ fn dead_lettered(
     headers.insert("x-last-death-reason".into(), longstr(reason.as_str()));
     headers.insert("x-last-death-queue".into(), longstr(queue));
     headers.insert("x-last-death-exchange".into(), longstr(&msg.exchange));
+    if dlrk.is_some() {
+        // With an explicit dead-letter routing key the CC keys no longer apply (RabbitMQ).
+        let mut kept = FieldTable::default();
+        for (k, v) in headers.inner() {
+            if k.as_str() != "CC" {
+                kept.insert(k.clone(), v.clone());
+            }
+        }
+        headers = kept;
+    }
     let props = rebuild(&msg.properties, headers, false);
     let routing_key = dlrk.unwrap_or(&msg.routing_key).to_string();
     Message::new(dlx.to_string(), routing_key, props, msg.body.clone())

@@ -173,7 +173,7 @@ impl Store {
             })?;
             f(qm);
             n += 1;
-            if n % 100_000 == 0 {
+            if n.is_multiple_of(100_000) {
                 tracing::info!(queue_id, recovered = n, "recovering messages");
             }
         }

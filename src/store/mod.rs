@@ -135,6 +135,7 @@ impl Store {
                 if let Err(e) = self.defs.insert(k, bytes) {
                     tracing::error!(error = %e, "could not store a definition");
                 }
+                self.definition_written();
             }
             Err(e) => tracing::error!(error = %e, "could not encode a definition"),
         }
@@ -144,6 +145,15 @@ impl Store {
         if let Err(e) = self.defs.remove(k) {
             tracing::error!(error = %e, "could not remove a definition");
         }
+        self.definition_written();
+    }
+
+    /// A definition changed: it goes to disk with the next group-commit flush, and counts
+    /// as a write so that any later confirm implies it is durable too.
+    fn definition_written(&self) {
+        self.write_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.flush_wake.notify_one();
     }
 
     pub fn save_exchange(&self, vhost: &str, spec: &ExchangeSpec) {
