@@ -218,5 +218,14 @@ async fn a_queue_created_over_amqp_appears_with_its_depth_in_chromium() {
         assert!(Instant::now() < deadline, "depth not refreshed");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // WARRENMQ_DASHBOARD_SCREENSHOT=page.png keeps a picture of the queues page.
+    if let Ok(path) = std::env::var("WARRENMQ_DASHBOARD_SCREENSHOT") {
+        use base64::Engine;
+        let png = d.call("GET", "/screenshot", Value::Null).await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap_or(""))
+            .unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
     d.call("DELETE", "", Value::Null).await;
 }
