@@ -380,7 +380,7 @@ async fn cc_and_bcc_add_routing_keys_and_bcc_is_removed() {
 }
 
 #[tokio::test]
-async fn unusable_cc_entries_are_ignored() {
+async fn unusable_cc_entries_are_ignored_and_a_non_array_cc_is_406() {
     let b = start_broker().await;
     let conn = connect(&b).await;
     let ch = confirm_channel(&conn).await;
@@ -392,11 +392,26 @@ async fn unusable_cc_entries_are_ignored() {
     let cc = AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::LongInt(7), ls(&long)]));
     let props = BasicProperties::default().with_headers(table(vec![("CC", cc)]));
     assert!(!send(&ch, "amq.topic", "main", b"m", props, true).await);
-    // A CC header that is not an array is ignored as well.
-    let props = BasicProperties::default().with_headers(table(vec![("CC", ls("all.x"))]));
-    assert!(!send(&ch, "amq.topic", "main", b"n", props, true).await);
-    assert_eq!(bodies(&ch, "main").await, ["m", "n"]);
+    assert_eq!(bodies(&ch, "main").await, ["m"]);
     assert!(bodies(&ch, "all").await.is_empty());
+    // A CC header that is not an array is refused, as RabbitMQ does (406).
+    let props = BasicProperties::default().with_headers(table(vec![("CC", ls("all.x"))]));
+    let confirm = within(
+        "publish",
+        ch.basic_publish(
+            "amq.topic".into(),
+            "main".into(),
+            BasicPublishOptions::default(),
+            b"n",
+            props,
+        ),
+    )
+    .await;
+    let err = match confirm {
+        Ok(c) => within("confirm", c).await.expect_err("channel closed"),
+        Err(e) => e,
+    };
+    assert_eq!(reply_code(&err), Some(406), "{err:?}");
 }
 
 #[tokio::test]

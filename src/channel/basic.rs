@@ -227,6 +227,20 @@ impl Channel {
             }
         }
         parse_expiration(&properties).map_err(|e| AmqpError::precondition(e).at(60, 40))?;
+        if let Some(headers) = properties.headers() {
+            for key in ["CC", "BCC"] {
+                match headers.inner().get(key) {
+                    None | Some(crate::protocol::AMQPValue::FieldArray(_)) => {}
+                    Some(other) => {
+                        return Err(AmqpError::precondition(format!(
+                            "unacceptable type in header '{key}': {}",
+                            crate::broker::args::type_name(other)
+                        ))
+                        .at(60, 40))
+                    }
+                }
+            }
+        }
         let msg = Message::from_wire(
             publish.exchange.clone(),
             publish.routing_key.clone(),
