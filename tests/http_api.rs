@@ -417,6 +417,19 @@ async fn exchanges_bindings_and_publish() {
             .len(),
         2
     );
+    let everywhere = a.ok("/api/bindings").await;
+    assert!(everywhere
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b["source"] == "logs"));
+    assert!(a
+        .ok("/api/exchanges")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "logs"));
     let all = a.ok("/api/bindings/%2F").await;
     assert!(all
         .as_array()
