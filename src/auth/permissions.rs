@@ -179,24 +179,15 @@ impl Access {
         }
     }
 
-    fn permission(&self) -> Option<Arc<Permission>> {
+    pub fn check(&self, perm: Perm, kind: Kind, name: &str) -> AmqpResult<()> {
+        // The cache is this connection's own: the lock is uncontended and no shared
+        // reference count is touched per check.
         let generation = self.auth.generation();
         let mut c = self.cache.lock();
         if c.0 != generation {
             *c = (generation, self.auth.permission(&self.vhost, &self.user));
         }
-        c.1.clone()
-    }
-
-    pub fn check(&self, perm: Perm, kind: Kind, name: &str) -> AmqpResult<()> {
-        check(
-            self.permission().as_deref(),
-            perm,
-            kind,
-            name,
-            &self.vhost,
-            &self.user,
-        )
+        check(c.1.as_deref(), perm, kind, name, &self.vhost, &self.user)
     }
 
     /// basic.publish: write on the exchange.
