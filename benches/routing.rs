@@ -365,6 +365,8 @@ fn bind_churn(queues: usize, channels: usize) {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = warrenmq::config::Config {
             amqp_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().to_path_buf(),
             log_level: "warn".into(),
             ..Default::default()
