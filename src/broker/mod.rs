@@ -39,9 +39,15 @@ impl Broker {
         })?;
         let store = Arc::new(Store::open(&config.data_dir, config.store_cache_bytes)?);
         let auth = Auth::load(Some(store.clone()))?;
-        if auth.is_empty() {
+        // The default user is made once, on a data dir that never had users; deleting every
+        // user later does not bring it back (as RabbitMQ).
+        let initialised = !store
+            .scan_meta::<bool>("users_initialised", &[])?
+            .is_empty();
+        if auth.is_empty() && !initialised {
             auth.create_default_user(&config.default_user, &config.default_pass);
         }
+        store.put_meta("users_initialised", &["done"], &true);
         let broker = Broker {
             auth: Arc::new(auth),
             config,
