@@ -170,9 +170,12 @@ async fn write_is_needed_to_publish_and_the_default_exchange_is_amq_default() {
 
     // In confirm mode the refused publish's confirm carries the channel close, so the
     // error is read without racing lapin's own handling of the close.
-    within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .unwrap();
+    within(
+        "confirm.select",
+        ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .unwrap();
     let r = within(
         "publish",
         ch.basic_publish(
