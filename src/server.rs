@@ -39,9 +39,30 @@ pub struct ServerHandle {
 
 impl ServerHandle {
     /// Stop accepting, close every connection with 320 CONNECTION_FORCED, flush, and wait.
+    /// Returns once the store is closed, so the data dir can be opened again at once.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        let _ = self.task.await;
+        let store = self.broker.store.as_ref().map(Arc::downgrade);
+        let ServerHandle {
+            shutdown,
+            task,
+            broker,
+            http,
+            ..
+        } = self;
+        drop((broker, http));
+        let _ = shutdown.send(true);
+        let _ = task.await;
+        // Tasks finishing (an in-flight flush, a closing connection) may hold the store a
+        // moment longer; wait, bounded, until sled has released the data dir.
+        if let Some(weak) = store {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while weak.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            if weak.strong_count() > 0 {
+                tracing::warn!("the store is still in use after shutdown");
+            }
+        }
     }
 }
 
