@@ -47,9 +47,21 @@ pub async fn start_broker() -> TestBroker {
 }
 
 pub async fn start_broker_with(config: Config, dir: tempfile::TempDir) -> TestBroker {
-    let handle = warrenmq::server::start(config)
-        .await
-        .expect("broker starts");
+    // After a restart in the same process, sled's own I/O threads can hold the data dir's
+    // lock a moment after the last handle went away: retry that, briefly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let handle = loop {
+        match warrenmq::server::start(config.clone()).await {
+            Ok(h) => break h,
+            Err(e)
+                if format!("{e:?}").contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("broker starts: {e:?}"),
+        }
+    };
     let uri = format!("amqp://guest:guest@{}/%2f", handle.amqp_addr);
     TestBroker {
         handle: Some(handle),
