@@ -295,39 +295,13 @@ async fn prefetch_limits_unacked_per_consumer() {
     let d2 = next(&mut c).await;
     assert_eq!((d1.data[0], d2.data[0]), (0, 1));
     // With two unacked, the other three wait in the queue: a passive declare reports them.
-    let q = within(
-        "passive",
-        ch.queue_declare(
-            "pf".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .unwrap();
-    assert_eq!(q.message_count(), 3);
+    assert_eq!(ready_count(&ch, "pf").await, 3);
     within("ack", d1.ack(BasicAckOptions::default()))
         .await
         .unwrap();
     let d3 = next(&mut c).await;
     assert_eq!(d3.data[0], 2);
-    let q = within(
-        "passive",
-        ch.queue_declare(
-            "pf".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .unwrap();
-    assert_eq!(q.message_count(), 2);
+    assert_eq!(ready_count(&ch, "pf").await, 2);
 }
 
 #[tokio::test]
@@ -346,20 +320,7 @@ async fn global_prefetch_is_shared_by_the_channel() {
     let mut cb = consume(&ch, "gb", "cb", false).await;
     let first = next(&mut ca).await;
     // Only one message may be unacked on the whole channel: gb's message still waits.
-    let q = within(
-        "passive",
-        ch.queue_declare(
-            "gb".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .unwrap();
-    assert_eq!(q.message_count(), 1);
+    assert_eq!(ready_count(&ch, "gb").await, 1);
     within("ack", first.ack(BasicAckOptions::default()))
         .await
         .unwrap();
@@ -573,20 +534,7 @@ async fn channel_flow_pauses_deliveries() {
     .unwrap();
     let mut c = consume(&ch, "fl", "c", true).await;
     publish(&ch, "", "fl", b"later").await;
-    let q = within(
-        "passive",
-        ch.queue_declare(
-            "fl".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .unwrap();
-    assert_eq!(q.message_count(), 1);
+    assert_eq!(ready_count(&ch, "fl").await, 1);
     within(
         "flow on",
         ch.channel_flow(ChannelFlowOptions { active: true }),

@@ -59,23 +59,6 @@ async fn get(ch: &lapin::Channel, q: &str) -> Option<lapin::message::BasicGetMes
     .expect("get")
 }
 
-async fn ready(ch: &lapin::Channel, q: &str) -> u32 {
-    within(
-        "passive declare",
-        ch.queue_declare(
-            q.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .expect("passive")
-    .message_count()
-}
-
 /// A channel in confirm mode, so every publish is settled before the next step.
 async fn confirm_channel(conn: &lapin::Connection) -> lapin::Channel {
     let ch = channel(conn).await;
@@ -244,7 +227,7 @@ async fn missing_dead_letter_exchange_drops_silently() {
     )
     .await
     .unwrap();
-    assert_eq!(ready(&ch, "w").await, 0);
+    assert_eq!(ready_count(&ch, "w").await, 0);
 }
 
 #[tokio::test]
@@ -266,7 +249,7 @@ async fn max_length_drop_head_dead_letters_the_oldest() {
     for body in [b"1", b"2", b"3"] {
         publish_props(&ch, "bounded", body, BasicProperties::default()).await;
     }
-    assert_eq!(ready(&ch, "bounded").await, 2);
+    assert_eq!(ready_count(&ch, "bounded").await, 2);
     let dropped = get(&ch, "dlq").await.expect("oldest dead-lettered");
     assert_eq!(dropped.delivery.data, b"1");
     assert_eq!(
@@ -290,7 +273,11 @@ async fn max_length_bytes_counts_body_bytes() {
     publish_props(&ch, "bytes", b"123456", BasicProperties::default()).await;
     publish_props(&ch, "bytes", b"7890", BasicProperties::default()).await;
     publish_props(&ch, "bytes", b"x", BasicProperties::default()).await;
-    assert_eq!(ready(&ch, "bytes").await, 2, "11 bytes > 10: the head went");
+    assert_eq!(
+        ready_count(&ch, "bytes").await,
+        2,
+        "11 bytes > 10: the head went"
+    );
 }
 
 #[tokio::test]
@@ -313,7 +300,7 @@ async fn reject_publish_nacks_under_confirms() {
     assert!(publish_props(&ch, "full", b"2", BasicProperties::default())
         .await
         .is_nack());
-    assert_eq!(ready(&ch, "full").await, 1);
+    assert_eq!(ready_count(&ch, "full").await, 1);
     assert_eq!(get(&ch, "full").await.unwrap().delivery.data, b"1");
     assert!(publish_props(&ch, "full", b"3", BasicProperties::default())
         .await

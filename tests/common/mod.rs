@@ -137,3 +137,21 @@ pub async fn next(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
         .expect("consumer stream ended")
         .expect("delivery error")
 }
+
+/// Ready messages in a queue, read with a passive declare.
+pub async fn ready_count(ch: &Channel, q: &str) -> u32 {
+    within(
+        "passive queue.declare",
+        ch.queue_declare(
+            q.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("passive declare")
+    .message_count()
+}
