@@ -47,6 +47,21 @@ pub struct Config {
     /// Default consumer ack timeout in ms (0 = none); queues (`x-consumer-timeout`) and
     /// consumers (consume argument of the same name) may override it.
     pub consumer_timeout: u64,
+    /// amqps listener (RabbitMQ's port 5671). It runs only when `tls_cert` and `tls_key`
+    /// are set, so a plain configuration opens no TLS port.
+    pub amqps_addr: SocketAddr,
+    /// Management HTTP API over TLS, with the same certificate; off unless set.
+    pub https_addr: Option<SocketAddr>,
+    /// Server certificate chain, PEM (leaf first).
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates, PEM, that client certificates must chain to.
+    pub tls_ca: Option<PathBuf>,
+    /// amqps: ask clients for a certificate and verify it against `tls_ca` when given.
+    pub tls_verify_peer: bool,
+    /// amqps with `tls_verify_peer`: refuse clients that present no certificate.
+    pub tls_fail_if_no_peer_cert: bool,
 }
 
 impl Default for Config {
@@ -71,6 +86,13 @@ impl Default for Config {
             store_cache_bytes: 64 * 1024 * 1024,
             outbound_high_watermark: 1024 * 1024,
             consumer_timeout: 1_800_000,
+            amqps_addr: "127.0.0.1:5671".parse().expect("static address"),
+            https_addr: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_verify_peer: false,
+            tls_fail_if_no_peer_cert: false,
         }
     }
 }
@@ -96,6 +118,27 @@ pub struct ServeArgs {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "WARRENMQ_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// amqps listen address (used when --tls-cert and --tls-key are given).
+    #[arg(long, env = "WARRENMQ_AMQPS_ADDR")]
+    pub amqps_addr: Option<SocketAddr>,
+    /// Management HTTPS listen address (needs --tls-cert and --tls-key).
+    #[arg(long, env = "WARRENMQ_HTTPS_ADDR")]
+    pub https_addr: Option<SocketAddr>,
+    /// Server certificate chain (PEM); with --tls-key it turns the amqps listener on.
+    #[arg(long, env = "WARRENMQ_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, env = "WARRENMQ_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to.
+    #[arg(long, env = "WARRENMQ_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Ask amqps clients for a certificate and verify it against --tls-ca.
+    #[arg(long, env = "WARRENMQ_TLS_VERIFY_PEER")]
+    pub tls_verify_peer: bool,
+    /// With --tls-verify-peer: refuse amqps clients without a certificate.
+    #[arg(long, env = "WARRENMQ_TLS_FAIL_IF_NO_PEER_CERT")]
+    pub tls_fail_if_no_peer_cert: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +190,24 @@ impl Config {
         if let Some(v) = &args.log_level {
             cfg.log_level = v.clone();
         }
+        if let Some(v) = args.amqps_addr {
+            cfg.amqps_addr = v;
+        }
+        if let Some(v) = args.https_addr {
+            cfg.https_addr = Some(v);
+        }
+        if let Some(v) = &args.tls_cert {
+            cfg.tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &args.tls_key {
+            cfg.tls_key = Some(v.clone());
+        }
+        if let Some(v) = &args.tls_ca {
+            cfg.tls_ca = Some(v.clone());
+        }
+        // Boolean flags can only turn these on; the file may have set them already.
+        cfg.tls_verify_peer |= args.tls_verify_peer;
+        cfg.tls_fail_if_no_peer_cert |= args.tls_fail_if_no_peer_cert;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -163,7 +224,42 @@ impl Config {
                 "max_table_depth must be at least 1".into(),
             ));
         }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "tls_cert and tls_key must be set together".into(),
+                ))
+            }
+            _ => {}
+        }
+        if !self.tls_enabled() {
+            if self.https_addr.is_some() {
+                return Err(ConfigError::Invalid(
+                    "https_addr needs tls_cert and tls_key".into(),
+                ));
+            }
+            if self.tls_verify_peer || self.tls_ca.is_some() {
+                return Err(ConfigError::Invalid(
+                    "tls_ca and tls_verify_peer need tls_cert and tls_key".into(),
+                ));
+            }
+        }
+        if self.tls_verify_peer && self.tls_ca.is_none() {
+            return Err(ConfigError::Invalid(
+                "tls_verify_peer needs tls_ca to verify client certificates against".into(),
+            ));
+        }
+        if self.tls_fail_if_no_peer_cert && !self.tls_verify_peer {
+            return Err(ConfigError::Invalid(
+                "tls_fail_if_no_peer_cert needs tls_verify_peer".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// TLS is configured: the amqps listener runs (and https, if `https_addr` is set).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
     }
 
     pub fn handshake_timeout(&self) -> Duration {

@@ -3,6 +3,7 @@
 //! Module map:
 //! - `config`     — defaults, TOML file, `WARRENMQ_*` env and flags; every limit in one place
 //! - `server`     — listener, accept loop with back-off, connection limit, shutdown
+//! - `tls`        — rustls configs from the PEM files, the amqps handshake
 //! - `protocol`   — wire codec: frame reading with limits, hand-encoded hot frames, table checks
 //! - `connection` — per-connection task: handshake, read loop, heartbeats, outbound writer
 //! - `channel`    — channel state machine and content assembly; one file per AMQP class
@@ -24,3 +25,4 @@ pub mod http;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod tls;

@@ -20,12 +20,18 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running broker.
 pub struct ServerHandle {
     /// Where the AMQP listener is bound (useful with port 0).
     pub amqp_addr: SocketAddr,
+    /// Where the amqps listener is bound, when TLS is configured.
+    pub amqps_addr: Option<SocketAddr>,
+    /// Where the management API's TLS listener is bound, when configured.
+    pub https_addr: Option<SocketAddr>,
     /// Where the management HTTP API is bound.
     pub http_addr: SocketAddr,
     /// Where Prometheus metrics are served.
@@ -35,6 +41,7 @@ pub struct ServerHandle {
     pub broker: Arc<Broker>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    tls_task: Option<JoinHandle<()>>,
 }
 
 impl ServerHandle {
@@ -45,6 +52,7 @@ impl ServerHandle {
         let ServerHandle {
             shutdown,
             task,
+            tls_task,
             broker,
             http,
             ..
@@ -52,6 +60,9 @@ impl ServerHandle {
         drop((broker, http));
         let _ = shutdown.send(true);
         let _ = task.await;
+        if let Some(t) = tls_task {
+            let _ = t.await;
+        }
         // Tasks finishing (an in-flight flush, a closing connection) may hold the store a
         // moment longer; wait, bounded, until sled has released the data dir.
         if let Some(weak) = store {
@@ -78,14 +89,32 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError
 
 /// Open the store, bind the AMQP, management and metrics listeners and start serving.
 pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
+    // Certificates are read before anything is bound, so a bad file fails startup cleanly.
+    let amqps_tls = crate::tls::acceptor(&config, crate::tls::Listener::Amqp)?;
+    let https_tls = match config.https_addr {
+        Some(_) => crate::tls::acceptor(&config, crate::tls::Listener::Http)?,
+        None => None,
+    };
     let (listener, amqp_addr) = bind(config.amqp_addr).await?;
+    let amqps = match amqps_tls {
+        Some(tls) => Some((bind(config.amqps_addr).await?, tls)),
+        None => None,
+    };
+    let https = match (config.https_addr, https_tls) {
+        (Some(addr), Some(tls)) => Some((bind(addr).await?, tls)),
+        _ => None,
+    };
     let (http_listener, http_addr) = bind(config.http_addr).await?;
     let (metrics_listener, metrics_addr) = bind(config.metrics_addr).await?;
     let broker = Broker::open(config)?;
     let (tx, rx) = watch::channel(false);
+    let amqps_addr = amqps.as_ref().map(|((_, a), _)| *a);
+    let https_addr = https.as_ref().map(|((_, a), _)| *a);
     let ctx = Arc::new(crate::http::Ctx {
         broker: broker.clone(),
         amqp_addr,
+        amqps_addr,
+        https_addr,
         http_addr,
         metrics_addr,
         rates: Arc::default(),
@@ -99,26 +128,50 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
         ctx.clone(),
         rx.clone(),
     ));
-    let task = tokio::spawn(accept_loop(listener, broker.clone(), rx));
-    tracing::info!(%amqp_addr, %http_addr, %metrics_addr, "listeners started");
+    if let Some(((l, _), tls)) = https {
+        tokio::spawn(crate::http::tls::serve(l, tls, ctx.clone(), rx.clone()));
+    }
+    // Both AMQP listeners count against one connection limit.
+    let limit = Arc::new(Semaphore::new(connection_limit(&broker)));
+    let tls_task = amqps.map(|((l, _), tls)| {
+        tokio::spawn(accept_loop(
+            l,
+            broker.clone(),
+            rx.clone(),
+            limit.clone(),
+            Some(tls),
+        ))
+    });
+    let task = tokio::spawn(accept_loop(listener, broker.clone(), rx, limit, None));
+    tracing::info!(%amqp_addr, ?amqps_addr, %http_addr, ?https_addr, %metrics_addr, "listeners started");
     Ok(ServerHandle {
         amqp_addr,
+        amqps_addr,
+        https_addr,
         http_addr,
         metrics_addr,
         http: ctx,
         broker,
         shutdown: tx,
         task,
+        tls_task,
     })
 }
 
+fn connection_limit(broker: &Broker) -> usize {
+    broker.config.max_connections.min(Semaphore::MAX_PERMITS)
+}
+
+/// Accept AMQP connections; with `tls`, each socket first completes a TLS handshake (in its
+/// own task, so a slow handshake never holds up the listener).
 async fn accept_loop(
     listener: TcpListener,
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
+    limit: Arc<Semaphore>,
+    tls: Option<crate::tls::TlsAcceptor>,
 ) {
-    let max = broker.config.max_connections.min(Semaphore::MAX_PERMITS) as u32;
-    let limit = Arc::new(Semaphore::new(max as usize));
+    let max = connection_limit(&broker) as u32;
     let mut backoff = Duration::from_millis(5);
     loop {
         tokio::select! {
@@ -133,8 +186,12 @@ async fn accept_loop(
                     let _ = socket.set_nodelay(true);
                     let broker = broker.clone();
                     let rx = shutdown.clone();
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        crate::connection::serve(broker, socket, peer, rx).await;
+                        match tls {
+                            None => crate::connection::serve(broker, socket, peer, rx).await,
+                            Some(tls) => crate::tls::serve_amqps(tls, broker, socket, peer, rx).await,
+                        }
                         drop(permit);
                     });
                 }

@@ -10,6 +10,7 @@
 //! - `rates`       — counters sampled into message rates
 //! - `metrics`     — Prometheus text on `--metrics-addr`
 //! - `dashboard`   — the embedded web UI
+//! - `tls`         — the same API over TLS on `https_addr`
 //!
 //! Shared pieces: `error` (`{"error":…,"reason":…}` bodies), `authn` (Basic auth and tags),
 //! `json` (field tables and properties as JSON), `list` (page, sort, filter, columns).
@@ -29,6 +30,7 @@ mod permissions;
 mod policies;
 mod queues;
 pub mod rates;
+pub mod tls;
 mod users;
 mod vhosts;
 
@@ -47,7 +49,11 @@ pub struct Ctx {
     pub broker: Arc<Broker>,
     /// The AMQP listener's bound address (listeners in overview, port-listener check).
     pub amqp_addr: SocketAddr,
+    /// The amqps listener, when TLS is configured.
+    pub amqps_addr: Option<SocketAddr>,
     pub http_addr: SocketAddr,
+    /// The management API's TLS listener, when configured.
+    pub https_addr: Option<SocketAddr>,
     pub metrics_addr: SocketAddr,
     pub rates: Arc<rates::Rates>,
     /// `warrenmq@<hostname>`, as RabbitMQ's node names.

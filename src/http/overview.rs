@@ -70,6 +70,16 @@ async fn overview(axum::extract::State(ctx): State, user: Authed) -> Json<Value>
     let (counts, rates) = ctx.rates.overall(&ctx.broker);
     let zero = json!({"rate": 0.0});
     let listener = |protocol: &str, addr: std::net::SocketAddr| json!({"node": ctx.node, "protocol": protocol, "ip_address": addr.ip().to_string(), "port": addr.port()});
+    let listeners: Vec<Value> = [
+        Some(listener("amqp", ctx.amqp_addr)),
+        ctx.amqps_addr.map(|a| listener("amqp/ssl", a)),
+        Some(listener("http", ctx.http_addr)),
+        ctx.https_addr.map(|a| listener("https", a)),
+        Some(listener("http/prometheus", ctx.metrics_addr)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     Json(json!({
         "management_version": RABBITMQ_VERSION,
         "rabbitmq_version": RABBITMQ_VERSION,
@@ -101,11 +111,7 @@ async fn overview(axum::extract::State(ctx): State, user: Authed) -> Json<Value>
             "messages_unacknowledged_details": zero,
         },
         "message_stats": message_stats(&counts, &rates),
-        "listeners": [
-            listener("amqp", ctx.amqp_addr),
-            listener("http", ctx.http_addr),
-            listener("http/prometheus", ctx.metrics_addr),
-        ],
+        "listeners": listeners,
         "contexts": [{"node": ctx.node, "description": "WarrenMQ Management", "path": "/", "port": ctx.http_addr.port().to_string()}],
         "statistics_db_event_queue": 0,
     }))
@@ -163,11 +169,17 @@ async fn port_listener(
     let port: u16 = port
         .parse()
         .map_err(|_| ApiError::bad_request(format!("invalid port '{port}'")))?;
-    let ports = [
-        ctx.amqp_addr.port(),
-        ctx.http_addr.port(),
-        ctx.metrics_addr.port(),
-    ];
+    let ports: Vec<u16> = [
+        Some(ctx.amqp_addr),
+        ctx.amqps_addr,
+        Some(ctx.http_addr),
+        ctx.https_addr,
+        Some(ctx.metrics_addr),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|a| a.port())
+    .collect();
     Ok(if ports.contains(&port) {
         Json(json!({"status": "ok", "port": port})).into_response()
     } else {
