@@ -6,11 +6,12 @@ use amq_protocol::protocol::{channel, connection, AMQPClass};
 use amq_protocol::types::FieldTable;
 use bytes::{Buf, BytesMut};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub struct Raw {
-    pub sock: TcpStream,
+/// Over plain TCP by default; any stream (e.g. a TLS client stream) via `Raw::over`.
+pub struct Raw<S = TcpStream> {
+    pub sock: S,
     buf: BytesMut,
 }
 
@@ -19,7 +20,7 @@ pub fn encode(frame: &AMQPFrame) -> Vec<u8> {
     res.expect("encode").into_inner().0
 }
 
-impl Raw {
+impl Raw<TcpStream> {
     /// TCP connect only.
     pub async fn tcp(addr: std::net::SocketAddr) -> Raw {
         Raw {
@@ -35,6 +36,23 @@ impl Raw {
 
     pub async fn open_with(addr: std::net::SocketAddr, frame_max: u32, heartbeat: u16) -> Raw {
         let mut r = Self::tcp(addr).await;
+        r.handshake(frame_max, heartbeat).await;
+        r
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
+    /// A client over an already connected stream.
+    pub fn over(sock: S) -> Raw<S> {
+        Raw {
+            sock,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The AMQP handshake as guest on vhost "/".
+    pub async fn handshake(&mut self, frame_max: u32, heartbeat: u16) {
+        let r = self;
         r.send_raw(b"AMQP\x00\x00\x09\x01").await;
         match r.recv().await {
             Some(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Start(_)))) => {
@@ -78,11 +96,12 @@ impl Raw {
             )) => {}
             other => panic!("expected connection.open-ok, got {other:?}"),
         }
-        r
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         let _ = self.sock.write_all(bytes).await;
+        // A TLS stream buffers writes until flushed.
+        let _ = self.sock.flush().await;
     }
 
     pub async fn send(&mut self, frame: AMQPFrame) {
