@@ -1,9 +1,7 @@
 //! basic.* methods: publish (with content assembly in mod.rs), consume/cancel, qos, get,
 //! ack/nack/reject, recover.
 
-use super::{
-    requeue_grouped, Channel, ChannelCtx, Content, Mode, PendingPublish, TxAck, TxPublish,
-};
+use super::{requeue_grouped, Channel, ChannelCtx, Mode, PendingPublish, TxAck, TxPublish};
 use crate::broker::args;
 use crate::broker::delivery::{Consumer, Unacked};
 use crate::broker::message::{parse_expiration, Message, QueuedMessage};
@@ -23,7 +21,7 @@ impl Channel {
                     return Err(AmqpError::not_implemented("immediate=true"));
                 }
                 ctx.access.publish(p.exchange.as_str())?;
-                self.content = Content::AwaitingHeader(PendingPublish {
+                self.content.start(PendingPublish {
                     exchange: p.exchange.as_str().to_string(),
                     routing_key: p.routing_key.as_str().to_string(),
                     mandatory: p.mandatory,

@@ -3,6 +3,7 @@
 
 mod basic;
 mod confirm_tx;
+pub mod content;
 mod exchange;
 mod queue;
 
@@ -15,7 +16,8 @@ use crate::connection::ConnShared;
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::{encode, short, AMQPClass, BasicProperties};
 use amq_protocol::protocol::{access, channel as chan};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use content::ContentAssembler;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,19 +38,6 @@ struct PendingPublish {
     exchange: String,
     routing_key: String,
     mandatory: bool,
-}
-
-/// Content assembly: method → header → body frames.
-enum Content {
-    Idle,
-    AwaitingHeader(PendingPublish),
-    AwaitingBody {
-        publish: PendingPublish,
-        properties: Box<BasicProperties>,
-        raw_properties: Bytes,
-        expected: u64,
-        body: BytesMut,
-    },
 }
 
 /// Publisher confirm bookkeeping: acks are batched and sent as one `multiple` ack per read
@@ -105,7 +94,7 @@ pub struct Channel {
     pub shared: Arc<ChannelShared>,
     /// We sent channel.close and wait for close-ok; everything else is ignored.
     closing: bool,
-    content: Content,
+    content: ContentAssembler<PendingPublish>,
     /// The last queue declared on this channel, for the empty-name shortcut.
     last_queue: Option<String>,
     consumers: HashMap<String, (Arc<Consumer>, Arc<Queue>)>,
@@ -123,7 +112,7 @@ impl Channel {
         Channel {
             shared: ChannelShared::new(id, conn),
             closing: false,
-            content: Content::Idle,
+            content: ContentAssembler::new(),
             last_queue: None,
             consumers: HashMap::new(),
             consumer_prefetch: 0,
@@ -162,12 +151,7 @@ impl Channel {
         method_id: u16,
         method: AMQPClass,
     ) -> AmqpResult<()> {
-        if !matches!(self.content, Content::Idle) {
-            return Err(AmqpError::unexpected_frame(format!(
-                "expected content header or body on channel {}, got method {class_id}.{method_id}",
-                self.id()
-            )));
-        }
+        self.content.check_method(self.id(), class_id, method_id)?;
         match method {
             AMQPClass::Exchange(m) => self.exchange_method(ctx, m),
             AMQPClass::Queue(m) => self.queue_method(ctx, m),
@@ -208,76 +192,26 @@ impl Channel {
         raw_properties: Bytes,
         max_size: u64,
     ) -> AmqpResult<()> {
-        let Content::AwaitingHeader(publish) = std::mem::replace(&mut self.content, Content::Idle)
-        else {
-            return Err(AmqpError::unexpected_frame(format!(
-                "content header on channel {} without a basic.publish",
-                self.id()
-            )));
-        };
-        if class_id != 60 {
-            return Err(AmqpError::unexpected_frame(format!(
-                "content header of class {class_id}, expected 60"
-            ))
-            .at(60, 40));
-        }
-        if body_size > max_size {
-            return Err(AmqpError::precondition(format!(
-                "message size {body_size} is larger than configured max size {max_size}"
-            ))
-            .at(60, 40));
-        }
-        if body_size == 0 {
-            return self.publish(ctx, publish, *properties, raw_properties, Bytes::new());
-        }
-        self.content = Content::AwaitingBody {
-            publish,
+        let id = self.id();
+        match self.content.on_header(
+            id,
+            class_id,
+            body_size,
             properties,
             raw_properties,
-            expected: body_size,
-            body: BytesMut::new(),
-        };
-        Ok(())
+            max_size,
+        )? {
+            Some(m) => self.publish(ctx, m.publish, m.properties, m.raw_properties, m.body),
+            None => Ok(()),
+        }
     }
 
     pub fn on_body(&mut self, ctx: &ChannelCtx<'_>, payload: Bytes) -> AmqpResult<()> {
-        let Content::AwaitingBody { expected, body, .. } = &mut self.content else {
-            return Err(AmqpError::unexpected_frame(format!(
-                "content body on channel {} without a content header",
-                self.id()
-            )));
-        };
-        let have = body.len() as u64 + payload.len() as u64;
-        if have > *expected {
-            return Err(AmqpError::unexpected_frame(format!(
-                "content body of {have} bytes exceeds the header's {expected}"
-            ))
-            .at(60, 40));
+        let id = self.id();
+        match self.content.on_body(id, payload)? {
+            Some(m) => self.publish(ctx, m.publish, m.properties, m.raw_properties, m.body),
+            None => Ok(()),
         }
-        let complete = have == *expected;
-        // A body that arrives in one frame is used as-is, without copying.
-        let single = complete && body.is_empty();
-        if !single {
-            if body.is_empty() {
-                body.reserve(*expected as usize);
-            }
-            body.extend_from_slice(&payload);
-        }
-        if !complete {
-            return Ok(());
-        }
-        let Content::AwaitingBody {
-            publish,
-            properties,
-            raw_properties,
-            body,
-            ..
-        } = std::mem::replace(&mut self.content, Content::Idle)
-        else {
-            return Err(AmqpError::internal("content state changed"));
-        };
-        let body = if single { payload } else { body.freeze() };
-        self.publish(ctx, publish, *properties, raw_properties, body)
     }
 
     /// Send the batched publisher confirms that are due: everything up to the first
@@ -376,7 +310,7 @@ impl Channel {
     /// A soft error: send channel.close and ignore everything until close-ok.
     pub fn close_on_error(&mut self, conn: &ConnShared, vhost: &VHost, e: &AmqpError) {
         self.closing = true;
-        self.content = Content::Idle;
+        self.content.reset();
         conn.send(
             self.id(),
             AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
