@@ -6,12 +6,13 @@
 //! recursive parser only ever sees input whose depth is bounded.
 
 /// Where the one field table of a client method starts in its payload (after class and
-/// method ids), for the methods that carry one.
+/// method ids), for the methods that carry one. Never past the end of `payload`.
 pub fn method_table_offset(payload: &[u8], class_id: u16, method_id: u16) -> Option<usize> {
     // Number of shortstrs to skip after the leading reserved short, and whether a bit
     // octet follows them.
     let (skip_reserved, shortstrs, bits) = match (class_id, method_id) {
-        (10, 11) => return Some(4), // connection.start-ok: client-properties first
+        // connection.start-ok: client-properties first.
+        (10, 11) => return (payload.len() >= 4).then_some(4),
         (40, 10) => (true, 2, true), // exchange.declare
         (40, 30) | (40, 40) => (true, 3, true), // exchange.bind / unbind
         (50, 10) => (true, 1, true), // queue.declare
@@ -143,6 +144,13 @@ mod tests {
             check_field_table(&nested_arrays(10_000), 16),
             Err("field table nested too deeply")
         );
+    }
+
+    #[test]
+    fn table_offset_never_passes_the_payload_end() {
+        // Found by the `table` fuzz target: start-ok's fixed offset on a 3-byte payload.
+        assert_eq!(method_table_offset(&[0, 10, 0], 10, 11), None);
+        assert_eq!(method_table_offset(&[0, 10, 0, 11], 10, 11), Some(4));
     }
 
     #[test]
