@@ -13,12 +13,12 @@ pub fn method_table_offset(payload: &[u8], class_id: u16, method_id: u16) -> Opt
     let (skip_reserved, shortstrs, bits) = match (class_id, method_id) {
         // connection.start-ok: client-properties first.
         (10, 11) => return (payload.len() >= 4).then_some(4),
-        (40, 10) => (true, 2, true), // exchange.declare
+        (40, 10) => (true, 2, true),            // exchange.declare
         (40, 30) | (40, 40) => (true, 3, true), // exchange.bind / unbind
-        (50, 10) => (true, 1, true), // queue.declare
-        (50, 20) => (true, 3, true), // queue.bind
-        (50, 50) => (true, 3, false), // queue.unbind
-        (60, 20) => (true, 2, true), // basic.consume
+        (50, 10) => (true, 1, true),            // queue.declare
+        (50, 20) => (true, 3, true),            // queue.bind
+        (50, 50) => (true, 3, false),           // queue.unbind
+        (60, 20) => (true, 2, true),            // basic.consume
         _ => return None,
     };
     let mut pos = 4 + if skip_reserved { 2 } else { 0 };
