@@ -22,7 +22,11 @@ enum Frame {
 enum Model {
     Idle,
     Header(u8),
-    Body { publish: u8, want: u64, got: Vec<u8> },
+    Body {
+        publish: u8,
+        want: u64,
+        got: Vec<u8>,
+    },
 }
 
 fuzz_target!(|frames: Vec<Frame>| {
@@ -61,7 +65,11 @@ fuzz_target!(|frames: Vec<Frame>| {
                     }
                     (Model::Header(p), Ok(None)) => {
                         assert!(class_id == 60 && size > 0 && size <= MAX_SIZE);
-                        model = Model::Body { publish: p, want: size, got: Vec::new() };
+                        model = Model::Body {
+                            publish: p,
+                            want: size,
+                            got: Vec::new(),
+                        };
                     }
                     (Model::Header(_), Err(_)) => {
                         assert!(class_id != 60 || size > MAX_SIZE);
@@ -74,7 +82,14 @@ fuzz_target!(|frames: Vec<Frame>| {
             Frame::Body(bytes) => {
                 let res = a.on_body(1, Bytes::from(bytes.clone()));
                 match (std::mem::replace(&mut model, Model::Idle), res) {
-                    (Model::Body { publish, want, mut got }, Ok(r)) => {
+                    (
+                        Model::Body {
+                            publish,
+                            want,
+                            mut got,
+                        },
+                        Ok(r),
+                    ) => {
                         got.extend_from_slice(&bytes);
                         assert!(got.len() as u64 <= want);
                         match r {

@@ -29,7 +29,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let limits = ReadLimits {
-        frame_max: if a & 1 == 0 { 0 } else { 4096 + u32::from(*a) * 64 },
+        frame_max: if a & 1 == 0 {
+            0
+        } else {
+            4096 + u32::from(*a) * 64
+        },
         max_table_depth: usize::from(b % 8) + 1,
     };
     let cut = usize::from(*b) * rest.len() / 256;

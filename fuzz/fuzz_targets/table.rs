@@ -24,8 +24,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok((_, table)) = parse_field_table(rest) else {
         return;
     };
-    let encoded = gen_field_table(&table)(WriteContext::from(Vec::new()))
-        .map(|ctx| ctx.into_inner().0);
+    let encoded =
+        gen_field_table(&table)(WriteContext::from(Vec::new())).map(|ctx| ctx.into_inner().0);
     if let Ok(bytes) = encoded {
         assert!(
             check_field_table(&bytes, depth).is_ok(),
