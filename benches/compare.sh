@@ -130,8 +130,10 @@ CONF
     log "starting RabbitMQ"
     rabbitmq-server -detached
     STARTED_RABBIT=1
-    timeout 120 rabbitmqctl await_startup >/dev/null
-    wait_port "$RABBIT_PORT" 60 || { log "RabbitMQ did not open port ${RABBIT_PORT}"; return 1; }
+    # On a loaded machine the node may not have registered with epmd yet, and
+    # `rabbitmqctl await_startup` then fails at once: wait for the port instead.
+    wait_port "$RABBIT_PORT" 180 || { log "RabbitMQ did not open port ${RABBIT_PORT}"; return 1; }
+    timeout 120 rabbitmqctl await_startup >/dev/null || true
 }
 
 # ---------------------------------------------------------------- builds

@@ -1,10 +1,15 @@
 //! Persistent messages in sled: one record per (queue, seq), written when a persistent
-//! message enters a durable queue and removed when it leaves for good. Publisher confirms
-//! wait for a flush; one flusher task batches every write made meanwhile (group commit).
+//! message enters a durable queue and removed when it leaves for good.
+//!
+//! Writes are behind: publishing queues a put, leaving queues a remove, and one flusher
+//! task applies them in order as a sled batch and then flushes (group commit). Publisher
+//! confirms wait for that flush. A message consumed and acked before its round comes is
+//! never written, which is what keeps a durable queue with keeping-up consumers cheap.
 
 use super::{Store, StoreError};
 use crate::broker::message::{Message, QueuedMessage};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -109,19 +114,35 @@ impl Store {
         }
     }
 
-    /// Write a message record. Returns false (and logs) if it could not be stored: the
-    /// publisher must then not get a positive confirm.
-    pub fn put_message(&self, queue_id: u64, qm: &QueuedMessage) -> bool {
-        match self.msgs.insert(msg_key(queue_id, qm.seq), encode(qm)) {
-            Ok(_) => {
-                self.write_epoch.fetch_add(1, Ordering::AcqRel);
-                true
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "could not store a persistent message");
-                false
-            }
+    /// Record a message for the store. Normally the write is queued for the flusher
+    /// (write-behind): a message acked before the flusher reaches it is never written at
+    /// all, as RabbitMQ does. `now` writes at once, for a message that is about to be paged
+    /// out and must be readable from sled. Returns false (and logs) if an immediate write
+    /// failed: the publisher must then not get a positive confirm.
+    pub fn put_message(&self, queue_id: u64, qm: &QueuedMessage, now: bool) -> bool {
+        let key = msg_key(queue_id, qm.seq);
+        if now {
+            return match self.msgs.insert(key, encode(qm)) {
+                Ok(_) => {
+                    self.write_epoch.fetch_add(1, Ordering::AcqRel);
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not store a persistent message");
+                    false
+                }
+            };
         }
+        let mut pending = self.pending.lock();
+        pending.push(Op::Put {
+            key,
+            msg: qm.clone(),
+        });
+        // Under the same lock as the push: a flush that covers this epoch has the op.
+        self.write_epoch.fetch_add(1, Ordering::AcqRel);
+        drop(pending);
+        self.flush_wake.notify_one();
+        true
     }
 
     pub fn get_message(&self, queue_id: u64, seq: u64) -> Option<QueuedMessage> {
@@ -135,22 +156,67 @@ impl Store {
         }
     }
 
+    /// A message left its queue for good: its record goes (or is never written).
     pub fn remove_message(&self, queue_id: u64, seq: u64) {
-        if let Err(e) = self.msgs.remove(msg_key(queue_id, seq)) {
-            tracing::error!(error = %e, "could not remove a persistent message");
-        }
+        self.push_op(Op::Remove(msg_key(queue_id, seq)));
     }
 
-    /// Remove every message of a queue (purge, delete).
+    /// Remove every message of a deleted queue.
     pub fn remove_queue_messages(&self, queue_id: u64) {
-        let keys: Vec<sled::IVec> = self
-            .msgs
-            .scan_prefix(queue_id.to_be_bytes())
-            .keys()
-            .filter_map(Result::ok)
-            .collect();
-        for k in keys {
-            let _ = self.msgs.remove(k);
+        self.push_op(Op::RemoveQueue(queue_id));
+    }
+
+    fn push_op(&self, op: Op) {
+        self.pending.lock().push(op);
+        self.flush_wake.notify_one();
+    }
+
+    /// Apply queued changes to sled in one batch. A record put and removed within the
+    /// same batch is skipped both ways. On error nothing was applied and the ops come back
+    /// to be retried.
+    pub(super) fn apply(&self, ops: Vec<Op>) -> Result<(), (sled::Error, Vec<Op>)> {
+        let mut removed: HashSet<[u8; 16]> = HashSet::new();
+        let mut dropped: HashSet<u64> = HashSet::new();
+        for op in &ops {
+            match op {
+                Op::Remove(k) => {
+                    removed.insert(*k);
+                }
+                Op::RemoveQueue(q) => {
+                    dropped.insert(*q);
+                }
+                Op::Put { .. } => {}
+            }
+        }
+        let queue_of = |k: &[u8; 16]| u64::from_be_bytes(k[..8].try_into().unwrap_or_default());
+        let mut batch = sled::Batch::default();
+        let mut put_here: HashSet<[u8; 16]> = HashSet::new();
+        for op in &ops {
+            match op {
+                Op::Put { key, msg } => {
+                    put_here.insert(*key);
+                    if !removed.contains(key) && !dropped.contains(&queue_of(key)) {
+                        batch.insert(&key[..], encode(msg));
+                    }
+                }
+                Op::Remove(k) => {
+                    if !put_here.contains(k) {
+                        batch.remove(&k[..]);
+                    }
+                }
+                Op::RemoveQueue(q) => {
+                    for k in self.msgs.scan_prefix(q.to_be_bytes()).keys() {
+                        match k {
+                            Ok(k) => batch.remove(k),
+                            Err(e) => return Err((e, ops)),
+                        }
+                    }
+                }
+            }
+        }
+        match self.msgs.apply_batch(batch) {
+            Ok(()) => Ok(()),
+            Err(e) => Err((e, ops)),
         }
     }
 
@@ -209,8 +275,9 @@ impl Store {
         }
     }
 
-    /// The group-commit loop: one flush covers every write made before it started. The
-    /// task holds the store only while flushing, so dropping the broker closes sled.
+    /// The group-commit loop: each round applies every queued change, then one flush
+    /// covers every write made before the round started. The task holds the store only
+    /// while working, so dropping the broker closes sled.
     pub fn start_flusher(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         let wake = self.flush_wake.clone();
@@ -218,21 +285,44 @@ impl Store {
             loop {
                 wake.notified().await;
                 let Some(store) = weak.upgrade() else { return };
-                let target = store.write_epoch();
-                if target <= store.flushed_epoch() {
+                let (ops, target) = {
+                    let mut pending = store.pending.lock();
+                    (std::mem::take(&mut *pending), store.write_epoch())
+                };
+                let flush = target > store.flushed_epoch();
+                if ops.is_empty() && !flush {
                     continue;
                 }
-                let db = store.db.clone();
-                match tokio::task::spawn_blocking(move || db.flush()).await {
-                    Ok(Ok(_)) => {
-                        store.flushed.send_replace(target);
-                        // Writes that arrived during the flush wait for the next one.
-                        if store.write_epoch() > target {
+                let worker = store.clone();
+                let done = tokio::task::spawn_blocking(move || {
+                    let started = std::time::Instant::now();
+                    let n = ops.len();
+                    worker.apply(ops)?;
+                    let applied = started.elapsed();
+                    if flush {
+                        worker.db.flush().map_err(|e| (e, Vec::new()))?;
+                    }
+                    tracing::trace!(ops = n, ?applied, total = ?started.elapsed(), "store round");
+                    Ok::<_, (sled::Error, Vec<Op>)>(())
+                })
+                .await;
+                match done {
+                    Ok(Ok(())) => {
+                        if flush {
+                            store.flushed.send_replace(target);
+                        }
+                        // Writes that arrived meanwhile wait for the next round.
+                        if store.write_epoch() > target || !store.pending.lock().is_empty() {
                             wake.notify_one();
                         }
                     }
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "flushing persistent messages failed; confirms are held back");
+                    Ok(Err((e, ops))) => {
+                        tracing::error!(error = %e, "writing persistent messages failed; confirms are held back until it succeeds");
+                        {
+                            let mut pending = store.pending.lock();
+                            let newer = std::mem::replace(&mut *pending, ops);
+                            pending.extend(newer);
+                        }
                         drop(store);
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         wake.notify_one();
@@ -242,6 +332,13 @@ impl Store {
             }
         });
     }
+}
+
+/// A change to the message records, queued for the flusher.
+pub(super) enum Op {
+    Put { key: [u8; 16], msg: QueuedMessage },
+    Remove([u8; 16]),
+    RemoveQueue(u64),
 }
 
 #[cfg(test)]
@@ -283,5 +380,68 @@ mod tests {
             "{left:?}"
         );
         assert!(decode(7, b"garbage").is_none());
+    }
+
+    fn sample(seq: u64) -> QueuedMessage {
+        QueuedMessage {
+            seq,
+            msg: Message::new(
+                "".into(),
+                "q".into(),
+                BasicProperties::default().with_delivery_mode(2),
+                Bytes::from_static(b"body"),
+            ),
+            redelivered: false,
+            deadline: None,
+            delivery_count: 0,
+            persisted: false,
+        }
+    }
+
+    fn take_pending(store: &Store) -> Vec<Op> {
+        std::mem::take(&mut *store.pending.lock())
+    }
+
+    #[test]
+    fn write_behind_skips_what_left_before_its_round() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        let e0 = store.write_epoch();
+        assert!(store.put_message(1, &sample(0), false));
+        assert!(store.put_message(1, &sample(1), false));
+        assert_eq!(store.write_epoch(), e0 + 2, "each put counts for confirms");
+        store.remove_message(1, 0);
+        store.apply(take_pending(&store)).map_err(|(e, _)| e).expect("apply");
+        assert!(store.get_message(1, 0).is_none(), "put and removed in one round");
+        assert!(store.get_message(1, 1).is_some(), "still queued: written");
+
+        // A remove in a later round deletes the written record.
+        store.remove_message(1, 1);
+        store.apply(take_pending(&store)).map_err(|(e, _)| e).expect("apply");
+        assert!(store.get_message(1, 1).is_none());
+
+        // Immediate writes (about to be paged out) are readable at once.
+        assert!(store.put_message(2, &sample(5), true));
+        assert!(store.get_message(2, 5).is_some());
+
+        // Deleting a queue drops its written and its pending records, no others.
+        assert!(store.put_message(2, &sample(6), false));
+        assert!(store.put_message(3, &sample(0), false));
+        store.remove_queue_messages(2);
+        store.apply(take_pending(&store)).map_err(|(e, _)| e).expect("apply");
+        assert!(store.get_message(2, 5).is_none());
+        assert!(store.get_message(2, 6).is_none());
+        assert!(store.get_message(3, 0).is_some());
+    }
+
+    #[test]
+    fn dropping_the_store_writes_what_is_pending() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), 1 << 20).expect("open");
+            assert!(store.put_message(9, &sample(3), false));
+        }
+        let store = Store::open(dir.path(), 1 << 20).expect("reopen");
+        assert!(store.get_message(9, 3).is_some());
     }
 }

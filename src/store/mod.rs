@@ -82,10 +82,21 @@ pub struct Store {
     write_epoch: std::sync::atomic::AtomicU64,
     flushed: tokio::sync::watch::Sender<u64>,
     flush_wake: std::sync::Arc<tokio::sync::Notify>,
+    /// Message-record changes not yet applied to sled; the flusher applies them in order
+    /// (see messages.rs, write-behind).
+    pending: parking_lot::Mutex<Vec<messages::Op>>,
 }
 
 impl Drop for Store {
     fn drop(&mut self) {
+        // A clean stop keeps what was accepted but not yet written.
+        let ops = std::mem::take(self.pending.get_mut());
+        if !ops.is_empty() {
+            if let Err((e, _)) = self.apply(ops) {
+                tracing::error!(error = %e, "could not write pending messages at shutdown");
+            }
+        }
+        self.flush();
         // Let the flusher task notice the store is gone and end.
         self.flush_wake.notify_one();
     }
@@ -126,6 +137,7 @@ impl Store {
             write_epoch: std::sync::atomic::AtomicU64::new(0),
             flushed: tokio::sync::watch::channel(0).0,
             flush_wake: std::sync::Arc::new(tokio::sync::Notify::new()),
+            pending: parking_lot::Mutex::new(Vec::new()),
         })
     }
 

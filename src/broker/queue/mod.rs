@@ -211,7 +211,7 @@ impl Queue {
                     dead.push((qm, DeathReason::Maxlen));
                 }
                 Enqueued::Rejected
-            } else if !self.persist(&mut qm) {
+            } else if !self.persist(&mut qm, inner.ready.would_page(len)) {
                 // Not stored: the publisher must not get a positive confirm.
                 Enqueued::Rejected
             } else {
@@ -485,11 +485,12 @@ impl Queue {
         self.store.is_some() && msg.is_persistent()
     }
 
-    /// Store a persistent message in a durable queue. False if the store failed.
-    fn persist(&self, qm: &mut QueuedMessage) -> bool {
+    /// Store a persistent message in a durable queue. False if the store failed. `now`:
+    /// it will be paged out, so its record must be readable at once.
+    fn persist(&self, qm: &mut QueuedMessage, now: bool) -> bool {
         match (&self.store, self.spec.store_id) {
             (Some(store), Some(id)) if qm.msg.is_persistent() => {
-                qm.persisted = store.put_message(id, qm);
+                qm.persisted = store.put_message(id, qm, now);
                 qm.persisted
             }
             _ => true,

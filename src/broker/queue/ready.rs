@@ -144,12 +144,17 @@ impl ReadyList {
         }
     }
 
+    /// Would a stored message of `len` body bytes pushed now be paged out?
+    pub fn would_page(&self, len: u64) -> bool {
+        self.pager
+            .as_ref()
+            .is_some_and(|p| self.mem_bytes + len > p.memory_budget)
+    }
+
     /// Keep a message in memory, or page it out if it is stored and memory is spent.
     fn slot_for(&self, qm: QueuedMessage) -> Slot {
         match &self.pager {
-            Some(p)
-                if qm.persisted && self.mem_bytes + qm.msg.body.len() as u64 > p.memory_budget =>
-            {
+            Some(_) if qm.persisted && self.would_page(qm.msg.body.len() as u64) => {
                 Slot::Disk(DiskRef {
                     seq: qm.seq,
                     len: qm.msg.body.len() as u32,
