@@ -59,6 +59,7 @@ impl Broker {
         for vrec in broker.stored_vhosts()? {
             broker.recover_vhost(&store, vrec)?;
         }
+        broker.recover_messages(&store)?;
         store.start_flusher();
         Ok(Arc::new(broker))
     }
@@ -81,18 +82,9 @@ impl Broker {
                 .exchanges
                 .insert(spec.name.clone(), exchange::Exchange::new(spec));
         }
-        let started = std::time::Instant::now();
-        let mut messages = 0u64;
         for spec in rec.queues {
-            let id = spec.store_id;
             let q = queue::Queue::new(spec, &vhost, Some(store.clone()));
-            if let Some(id) = id {
-                messages += store.recover_messages(id, |qm| q.restore(qm))?;
-            }
             vhost.queues.insert(q.name().to_string(), q);
-        }
-        if messages > 0 {
-            tracing::info!(messages, elapsed = ?started.elapsed(), "recovered persistent messages");
         }
         for b in rec.bindings {
             if let Err(e) = vhost.bind_queue(&b.queue, &b.exchange, &b.routing_key, b.arguments, 0)
@@ -115,6 +107,32 @@ impl Broker {
         );
         vhost.apply_policies();
         self.vhosts.insert(name, vhost);
+        Ok(())
+    }
+
+    /// Put every stored message back into its queue: one pass over the message log, in
+    /// publish order. Records of queues that no longer exist are dropped.
+    fn recover_messages(&self, store: &Arc<Store>) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let mut by_id: std::collections::HashMap<u64, Arc<queue::Queue>> =
+            std::collections::HashMap::new();
+        for v in self.vhosts.iter() {
+            for q in v.queues.iter() {
+                if let Some(id) = q.spec.store_id {
+                    by_id.insert(id, q.clone());
+                }
+            }
+        }
+        let messages = store.recover_messages(|id, qm| match by_id.get(&id) {
+            Some(q) => {
+                q.restore(qm);
+                true
+            }
+            None => false,
+        })?;
+        if messages > 0 {
+            tracing::info!(messages, elapsed = ?started.elapsed(), "recovered persistent messages");
+        }
         Ok(())
     }
 

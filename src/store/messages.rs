@@ -1,28 +1,18 @@
-//! Persistent messages in sled: one record per (queue, seq), written when a persistent
-//! message enters a durable queue and removed when it leaves for good.
-//!
-//! Writes are behind: publishing queues a put, leaving queues a remove, and one flusher
-//! task applies them in order as a sled batch and then flushes (group commit). Publisher
-//! confirms wait for that flush. A message consumed and acked before its round comes is
-//! never written, which is what keeps a durable queue with keeping-up consumers cheap.
+//! Persistent messages: the record format, and the store's side of the message log
+//! (segments.rs): append on publish, ack when a message leaves for good, recovery, and the
+//! flusher that syncs each round (group commit). Publisher confirms and tx commit-ok wait
+//! until the round that covers their writes is synced.
 
+use super::segments::Loc;
 use super::{Store, StoreError};
 use crate::broker::message::{Message, QueuedMessage};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use std::collections::HashSet;
+use bytes::{Buf, BufMut, Bytes};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 const RECORD_VERSION: u8 = 1;
-
-fn msg_key(queue_id: u64, seq: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&queue_id.to_be_bytes());
-    k[8..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
 
 fn wall_ms(deadline: Instant) -> u64 {
     let now_wall = SystemTime::now()
@@ -40,7 +30,7 @@ fn from_wall_ms(ms: u64) -> Instant {
     Instant::now() + at.saturating_sub(now_wall)
 }
 
-fn put_short(b: &mut BytesMut, s: &str) {
+fn put_short(b: &mut Vec<u8>, s: &str) {
     let n = s.len().min(255);
     b.put_u8(n as u8);
     b.extend_from_slice(&s.as_bytes()[..n]);
@@ -57,19 +47,23 @@ fn get_short(b: &mut &[u8]) -> Option<String> {
 /// Encode a queued message: version, deadline (wall ms, 0 = none), delivery count,
 /// exchange, routing key, properties (wire encoding), body.
 pub fn encode(qm: &QueuedMessage) -> Vec<u8> {
+    let mut b = Vec::new();
+    encode_into(qm, &mut b);
+    b
+}
+
+/// `encode`, appending to `b` (the log's write buffer).
+pub fn encode_into(qm: &QueuedMessage, b: &mut Vec<u8>) {
     let m = &qm.msg;
-    let mut b = BytesMut::with_capacity(
-        32 + m.exchange.len() + m.routing_key.len() + m.raw_properties.len() + m.body.len(),
-    );
+    b.reserve(32 + m.exchange.len() + m.routing_key.len() + m.raw_properties.len() + m.body.len());
     b.put_u8(RECORD_VERSION);
     b.put_u64(qm.deadline.map(wall_ms).unwrap_or(0));
     b.put_u32(qm.delivery_count);
-    put_short(&mut b, &m.exchange);
-    put_short(&mut b, &m.routing_key);
+    put_short(b, &m.exchange);
+    put_short(b, &m.routing_key);
     b.put_u32(m.raw_properties.len() as u32);
     b.extend_from_slice(&m.raw_properties);
     b.extend_from_slice(&m.body);
-    b.to_vec()
 }
 
 /// Decode a record written by `encode`.
@@ -98,7 +92,7 @@ pub fn decode(seq: u64, raw: &[u8]) -> Option<QueuedMessage> {
         redelivered: true,
         deadline: (deadline_ms != 0).then(|| from_wall_ms(deadline_ms)),
         delivery_count,
-        persisted: true,
+        stored: None,
     })
 }
 
@@ -114,134 +108,99 @@ impl Store {
         }
     }
 
-    /// Record a message for the store. Normally the write is queued for the flusher
-    /// (write-behind): a message acked before the flusher reaches it is never written at
-    /// all, as RabbitMQ does. `now` writes at once, for a message that is about to be paged
-    /// out and must be readable from sled. Returns false (and logs) if an immediate write
-    /// failed: the publisher must then not get a positive confirm.
-    pub fn put_message(&self, queue_id: u64, qm: &QueuedMessage, now: bool) -> bool {
-        let key = msg_key(queue_id, qm.seq);
-        if now {
-            return match self.msgs.insert(key, encode(qm)) {
-                Ok(_) => {
-                    self.write_epoch.fetch_add(1, Ordering::AcqRel);
-                    true
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "could not store a persistent message");
-                    false
-                }
-            };
-        }
-        let mut pending = self.pending.lock();
-        pending.push(Op::Put {
-            key,
-            msg: qm.clone(),
-        });
-        // Under the same lock as the push: a flush that covers this epoch has the op.
-        self.write_epoch.fetch_add(1, Ordering::AcqRel);
-        drop(pending);
-        self.flush_wake.notify_one();
-        true
-    }
-
-    pub fn get_message(&self, queue_id: u64, seq: u64) -> Option<QueuedMessage> {
-        match self.msgs.get(msg_key(queue_id, seq)) {
-            Ok(Some(v)) => decode(seq, &v),
-            Ok(None) => None,
+    /// Append a message to the log. It is durable once the flusher's next round has
+    /// synced it (confirms wait for that through `write_epoch`). None (and a log line) if
+    /// it could not be stored: the publisher must then not get a positive confirm.
+    pub fn put_message(&self, queue_id: u64, qm: &QueuedMessage) -> Option<Loc> {
+        let mut st = self.log.state.lock();
+        match st.append(self.log.dir(), queue_id, qm.seq, |buf| encode_into(qm, buf)) {
+            Ok(loc) => {
+                // Under the log lock: a round that covers this epoch has the record.
+                self.write_epoch.fetch_add(1, Ordering::AcqRel);
+                drop(st);
+                self.flush_wake.notify_one();
+                Some(loc)
+            }
             Err(e) => {
-                tracing::error!(error = %e, "could not read a persistent message");
+                tracing::error!(error = %e, "could not store a persistent message");
                 None
             }
         }
     }
 
-    /// A message left its queue for good: its record goes (or is never written).
-    pub fn remove_message(&self, queue_id: u64, seq: u64) {
-        self.push_op(Op::Remove(msg_key(queue_id, seq)));
+    /// Read a paged-out message back.
+    pub fn get_message(&self, loc: Loc, seq: u64) -> Option<QueuedMessage> {
+        match self.log.read(loc) {
+            Ok(raw) => decode(seq, &raw).map(|mut qm| {
+                qm.stored = Some(loc);
+                qm
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, ?loc, "could not read a persistent message");
+                None
+            }
+        }
     }
 
-    /// Remove every message of a deleted queue.
-    pub fn remove_queue_messages(&self, queue_id: u64) {
-        self.push_op(Op::RemoveQueue(queue_id));
-    }
-
-    fn push_op(&self, op: Op) {
-        self.pending.lock().push(op);
+    /// A message left its queue for good: its record is acked.
+    pub fn remove_message(&self, loc: Loc) {
+        self.log.state.lock().remove(loc);
         self.flush_wake.notify_one();
     }
 
-    /// Apply queued changes to sled in one batch. A record put and removed within the
-    /// same batch is skipped both ways. On error nothing was applied and the ops come back
-    /// to be retried.
-    pub(super) fn apply(&self, ops: Vec<Op>) -> Result<(), (sled::Error, Vec<Op>)> {
-        let mut removed: HashSet<[u8; 16]> = HashSet::new();
-        let mut dropped: HashSet<u64> = HashSet::new();
-        for op in &ops {
-            match op {
-                Op::Remove(k) => {
-                    removed.insert(*k);
-                }
-                Op::RemoveQueue(q) => {
-                    dropped.insert(*q);
-                }
-                Op::Put { .. } => {}
-            }
-        }
-        let queue_of = |k: &[u8; 16]| u64::from_be_bytes(k[..8].try_into().unwrap_or_default());
-        let mut batch = sled::Batch::default();
-        let mut put_here: HashSet<[u8; 16]> = HashSet::new();
-        for op in &ops {
-            match op {
-                Op::Put { key, msg } => {
-                    put_here.insert(*key);
-                    if !removed.contains(key) && !dropped.contains(&queue_of(key)) {
-                        batch.insert(&key[..], encode(msg));
-                    }
-                }
-                Op::Remove(k) => {
-                    if !put_here.contains(k) {
-                        batch.remove(&k[..]);
-                    }
-                }
-                Op::RemoveQueue(q) => {
-                    for k in self.msgs.scan_prefix(q.to_be_bytes()).keys() {
-                        match k {
-                            Ok(k) => batch.remove(k),
-                            Err(e) => return Err((e, ops)),
-                        }
-                    }
-                }
-            }
-        }
-        match self.msgs.apply_batch(batch) {
-            Ok(()) => Ok(()),
-            Err(e) => Err((e, ops)),
-        }
-    }
-
-    /// Every stored message of a queue, in seq order, passed to `f`.
+    /// Every stored message, oldest first, passed to `f` with its queue id; `f` returns
+    /// false when no queue claims it (the queue was deleted) and the record is dropped.
+    /// Records left by the earlier sled layout are moved into the log on the way.
     pub fn recover_messages(
         &self,
-        queue_id: u64,
-        mut f: impl FnMut(QueuedMessage),
+        mut f: impl FnMut(u64, QueuedMessage) -> bool,
     ) -> Result<u64, StoreError> {
-        let mut n = 0u64;
-        for item in self.msgs.scan_prefix(queue_id.to_be_bytes()) {
+        let mut n = self
+            .log
+            .recover(|loc, queue_id, seq, raw| match decode(seq, raw) {
+                Some(mut qm) => {
+                    qm.stored = Some(loc);
+                    f(queue_id, qm)
+                }
+                None => {
+                    tracing::error!(?loc, "undecodable message record dropped");
+                    false
+                }
+            })?;
+        let mut legacy = 0u64;
+        for item in self.msgs.iter() {
             let (k, v) = item?;
-            let seq = u64::from_be_bytes(k[8..16].try_into().map_err(|_| StoreError::Corrupt {
-                key: format!("{k:?}"),
-                why: "short message key".into(),
-            })?);
-            let qm = decode(seq, &v).ok_or_else(|| StoreError::Corrupt {
+            let (Some(q), Some(s)) = (k.get(..8), k.get(8..16)) else {
+                continue;
+            };
+            let queue_id = u64::from_be_bytes(q.try_into().unwrap_or_default());
+            let seq = u64::from_be_bytes(s.try_into().unwrap_or_default());
+            let mut qm = decode(seq, &v).ok_or_else(|| StoreError::Corrupt {
                 key: format!("message {queue_id}/{seq}"),
                 why: "undecodable message record".into(),
             })?;
-            f(qm);
-            n += 1;
-            if n.is_multiple_of(100_000) {
-                tracing::info!(queue_id, recovered = n, "recovering messages");
+            let Some(loc) = self.put_message(queue_id, &qm) else {
+                return Err(StoreError::Corrupt {
+                    key: format!("message {queue_id}/{seq}"),
+                    why: "could not move the record into the message log".into(),
+                });
+            };
+            qm.stored = Some(loc);
+            if f(queue_id, qm) {
+                n += 1;
+                legacy += 1;
+            } else {
+                self.remove_message(loc);
             }
+        }
+        if legacy > 0 {
+            self.sync_round()
+                .map_err(|e| StoreError::Io(sled::Error::Io(e)))?;
+            self.msgs.clear()?;
+            tracing::info!(
+                messages = legacy,
+                "moved messages from the old layout into the message log"
+            );
         }
         Ok(n)
     }
@@ -275,9 +234,33 @@ impl Store {
         }
     }
 
-    /// The group-commit loop: each round applies every queued change, then one flush
-    /// covers every write made before the round started. The task holds the store only
-    /// while working, so dropping the broker closes sled.
+    /// One group-commit round, blocking: write the appended records, sync them, write
+    /// acks, flush definitions if they changed. Returns the epoch it made durable.
+    pub(super) fn sync_round(&self) -> std::io::Result<u64> {
+        let (target, round) = {
+            let mut st = self.log.state.lock();
+            let target = self.write_epoch();
+            (target, self.log.begin_round(&mut st)?)
+        };
+        let defs = self.defs_dirty.swap(false, Ordering::AcqRel);
+        let flushed = self.log.finish_round_or_requeue(round).and_then(|()| {
+            if defs {
+                self.db
+                    .flush()
+                    .map(|_| ())
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            } else {
+                Ok(())
+            }
+        });
+        if flushed.is_err() && defs {
+            self.defs_dirty.store(true, Ordering::Release);
+        }
+        flushed.map(|()| target)
+    }
+
+    /// The group-commit loop: each round covers every write made before it started. The
+    /// task holds the store only while working, so dropping the broker closes it.
     pub fn start_flusher(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         let wake = self.flush_wake.clone();
@@ -285,44 +268,19 @@ impl Store {
             loop {
                 wake.notified().await;
                 let Some(store) = weak.upgrade() else { return };
-                let (ops, target) = {
-                    let mut pending = store.pending.lock();
-                    (std::mem::take(&mut *pending), store.write_epoch())
-                };
-                let flush = target > store.flushed_epoch();
-                if ops.is_empty() && !flush {
-                    continue;
-                }
                 let worker = store.clone();
-                let done = tokio::task::spawn_blocking(move || {
-                    let started = std::time::Instant::now();
-                    let n = ops.len();
-                    worker.apply(ops)?;
-                    let applied = started.elapsed();
-                    if flush {
-                        worker.db.flush().map_err(|e| (e, Vec::new()))?;
-                    }
-                    tracing::trace!(ops = n, ?applied, total = ?started.elapsed(), "store round");
-                    Ok::<_, (sled::Error, Vec<Op>)>(())
-                })
-                .await;
-                match done {
-                    Ok(Ok(())) => {
-                        if flush {
+                match tokio::task::spawn_blocking(move || worker.sync_round()).await {
+                    Ok(Ok(target)) => {
+                        if target > store.flushed_epoch() {
                             store.flushed.send_replace(target);
                         }
                         // Writes that arrived meanwhile wait for the next round.
-                        if store.write_epoch() > target || !store.pending.lock().is_empty() {
+                        if store.write_epoch() > target {
                             wake.notify_one();
                         }
                     }
-                    Ok(Err((e, ops))) => {
+                    Ok(Err(e)) => {
                         tracing::error!(error = %e, "writing persistent messages failed; confirms are held back until it succeeds");
-                        {
-                            let mut pending = store.pending.lock();
-                            let newer = std::mem::replace(&mut *pending, ops);
-                            pending.extend(newer);
-                        }
                         drop(store);
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         wake.notify_one();
@@ -332,13 +290,6 @@ impl Store {
             }
         });
     }
-}
-
-/// A change to the message records, queued for the flusher.
-pub(super) enum Op {
-    Put { key: [u8; 16], msg: QueuedMessage },
-    Remove([u8; 16]),
-    RemoveQueue(u64),
 }
 
 #[cfg(test)]
@@ -362,7 +313,7 @@ mod tests {
             redelivered: false,
             deadline: Some(Instant::now() + Duration::from_secs(60)),
             delivery_count: 2,
-            persisted: true,
+            stored: None,
         };
         let back = decode(7, &encode(&qm)).expect("decodes");
         assert_eq!(back.msg.body, qm.msg.body);
@@ -394,54 +345,81 @@ mod tests {
             redelivered: false,
             deadline: None,
             delivery_count: 0,
-            persisted: false,
+            stored: None,
         }
     }
 
-    fn take_pending(store: &Store) -> Vec<Op> {
-        std::mem::take(&mut *store.pending.lock())
+    fn recovered(dir: &std::path::Path, keep: impl Fn(u64) -> bool) -> Vec<(u64, u64)> {
+        let store = Store::open(dir, 1 << 20).expect("reopen");
+        let mut got = Vec::new();
+        store
+            .recover_messages(|q, qm| {
+                got.push((q, qm.seq));
+                keep(q)
+            })
+            .expect("recover");
+        got
     }
 
     #[test]
-    fn write_behind_skips_what_left_before_its_round() {
+    fn log_records_read_back_before_and_after_their_round() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 1 << 20).expect("open");
         let e0 = store.write_epoch();
-        assert!(store.put_message(1, &sample(0), false));
-        assert!(store.put_message(1, &sample(1), false));
+        let a = store.put_message(1, &sample(0)).expect("put");
+        let b = store.put_message(1, &sample(1)).expect("put");
         assert_eq!(store.write_epoch(), e0 + 2, "each put counts for confirms");
-        store.remove_message(1, 0);
-        store.apply(take_pending(&store)).map_err(|(e, _)| e).expect("apply");
-        assert!(store.get_message(1, 0).is_none(), "put and removed in one round");
-        assert!(store.get_message(1, 1).is_some(), "still queued: written");
-
-        // A remove in a later round deletes the written record.
-        store.remove_message(1, 1);
-        store.apply(take_pending(&store)).map_err(|(e, _)| e).expect("apply");
-        assert!(store.get_message(1, 1).is_none());
-
-        // Immediate writes (about to be paged out) are readable at once.
-        assert!(store.put_message(2, &sample(5), true));
-        assert!(store.get_message(2, 5).is_some());
-
-        // Deleting a queue drops its written and its pending records, no others.
-        assert!(store.put_message(2, &sample(6), false));
-        assert!(store.put_message(3, &sample(0), false));
-        store.remove_queue_messages(2);
-        store.apply(take_pending(&store)).map_err(|(e, _)| e).expect("apply");
-        assert!(store.get_message(2, 5).is_none());
-        assert!(store.get_message(2, 6).is_none());
-        assert!(store.get_message(3, 0).is_some());
+        assert_eq!(store.get_message(a, 0).expect("buffered").msg.body, "body");
+        assert_eq!(store.sync_round().expect("round"), e0 + 2);
+        assert_eq!(store.get_message(b, 1).expect("on file").msg.body, "body");
+        assert_eq!(store.get_message(b, 1).expect("on file").stored, Some(b));
     }
 
     #[test]
-    fn dropping_the_store_writes_what_is_pending() {
+    fn acked_and_unclaimed_records_do_not_come_back() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let store = Store::open(dir.path(), 1 << 20).expect("open");
-            assert!(store.put_message(9, &sample(3), false));
+            let a = store.put_message(1, &sample(0)).expect("put");
+            store.put_message(1, &sample(1)).expect("put");
+            store.put_message(2, &sample(0)).expect("put");
+            store.remove_message(a);
+            // Dropping the store writes what is pending.
         }
+        // Queue 2 is gone: its record is dropped at recovery.
+        assert_eq!(recovered(dir.path(), |q| q == 1), vec![(1, 1), (2, 0)]);
+        assert_eq!(recovered(dir.path(), |_| true), vec![(1, 1)]);
+    }
+
+    #[test]
+    fn a_torn_tail_is_ignored_and_finished_segments_are_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), 1 << 20).expect("open");
+            store.put_message(7, &sample(3)).expect("put");
+        }
+        let seg = dir.path().join("messages").join("00000001.seg");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&seg)
+            .expect("segment");
+        std::io::Write::write_all(&mut f, &[200, 0, 0, 0, 1, 2, 3]).expect("torn write");
+        drop(f);
+        assert_eq!(recovered(dir.path(), |_| true), vec![(7, 3)]);
+
+        // Once its last record is acked, a segment that is no longer active is deleted.
         let store = Store::open(dir.path(), 1 << 20).expect("reopen");
-        assert!(store.get_message(9, 3).is_some());
+        let mut locs = Vec::new();
+        store
+            .recover_messages(|_, qm| {
+                locs.extend(qm.stored);
+                true
+            })
+            .expect("recover");
+        assert!(seg.exists());
+        store.remove_message(locs[0]);
+        store.sync_round().expect("round");
+        store.sync_round().expect("round");
+        assert!(!seg.exists(), "segment with no live record deleted");
     }
 }

@@ -3,6 +3,7 @@
 //! version so a newer layout is refused.
 
 pub mod messages;
+pub mod segments;
 
 use crate::broker::exchange::{ExchangeSpec, ExchangeType};
 use crate::broker::queue::QueueSpec;
@@ -82,19 +83,17 @@ pub struct Store {
     write_epoch: std::sync::atomic::AtomicU64,
     flushed: tokio::sync::watch::Sender<u64>,
     flush_wake: std::sync::Arc<tokio::sync::Notify>,
-    /// Message-record changes not yet applied to sled; the flusher applies them in order
-    /// (see messages.rs, write-behind).
-    pending: parking_lot::Mutex<Vec<messages::Op>>,
+    /// Persistent messages (segments.rs).
+    log: segments::MessageLog,
+    /// Definitions changed since the last sled flush.
+    defs_dirty: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Store {
     fn drop(&mut self) {
         // A clean stop keeps what was accepted but not yet written.
-        let ops = std::mem::take(self.pending.get_mut());
-        if !ops.is_empty() {
-            if let Err((e, _)) = self.apply(ops) {
-                tracing::error!(error = %e, "could not write pending messages at shutdown");
-            }
+        if let Err(e) = self.sync_round() {
+            tracing::error!(error = %e, "could not write pending messages at shutdown");
         }
         self.flush();
         // Let the flusher task notice the store is gone and end.
@@ -137,7 +136,8 @@ impl Store {
             write_epoch: std::sync::atomic::AtomicU64::new(0),
             flushed: tokio::sync::watch::channel(0).0,
             flush_wake: std::sync::Arc::new(tokio::sync::Notify::new()),
-            pending: parking_lot::Mutex::new(Vec::new()),
+            log: segments::MessageLog::open(&dir.join("messages"))?,
+            defs_dirty: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -163,6 +163,8 @@ impl Store {
     /// A definition changed: it goes to disk with the next group-commit flush, and counts
     /// as a write so that any later confirm implies it is durable too.
     fn definition_written(&self) {
+        self.defs_dirty
+            .store(true, std::sync::atomic::Ordering::Release);
         self.write_epoch
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.flush_wake.notify_one();
