@@ -10,7 +10,8 @@
 //!
 //! Layout under `<data dir>/messages/`: `<id>.seg` holds records
 //! `[len u32 LE][crc32 u32 LE][payload: queue id u64 BE, seq u64 BE, message record]`;
-//! `<id>.ack` holds the u32 LE offsets of the records that left. A torn record at the end
+//! `<id>.ack` holds the u32 LE offsets of the records that left, `<id>.dlv` those of records
+//! delivered at least once (so only they come back flagged redelivered). A torn record at the end
 //! of a segment (a crash mid-write) ends that segment's scan; it was never confirmed.
 
 use super::StoreError;
@@ -55,6 +56,8 @@ pub(super) struct LogState {
     unsynced: Vec<Arc<File>>,
     /// Acks not yet appended to ack files.
     acks: Vec<Loc>,
+    /// First deliveries not yet appended to delivery files.
+    delivered: Vec<Loc>,
     /// Live counts of the segments found at open are known only after `recover`; until
     /// then none of them may be deleted.
     recovered: bool,
@@ -64,6 +67,7 @@ pub(super) struct LogState {
 pub(super) struct Round {
     sync: Vec<Arc<File>>,
     acks: Vec<Loc>,
+    delivered: Vec<Loc>,
     dead: Vec<NonZeroU32>,
 }
 
@@ -78,6 +82,10 @@ fn seg_path(dir: &Path, id: NonZeroU32) -> PathBuf {
 
 fn ack_path(dir: &Path, id: NonZeroU32) -> PathBuf {
     dir.join(format!("{:08}.ack", id.get()))
+}
+
+fn dlv_path(dir: &Path, id: NonZeroU32) -> PathBuf {
+    dir.join(format!("{:08}.dlv", id.get()))
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> StoreError {
@@ -146,17 +154,18 @@ impl MessageLog {
                 segments,
                 unsynced: Vec::new(),
                 acks: Vec::new(),
+                delivered: Vec::new(),
                 recovered: false,
             }),
         })
     }
 
     /// Read every live record of the segments found at open, oldest first, and pass
-    /// (location, queue id, seq, message record) to `f`; `f` returns false for a record
+    /// (location, queue id, seq, delivered before, message record) to `f`; `f` returns false for a record
     /// nobody claims (its queue is gone), which is then acked.
     pub fn recover(
         &self,
-        mut f: impl FnMut(Loc, u64, u64, &[u8]) -> bool,
+        mut f: impl FnMut(Loc, u64, u64, bool, &[u8]) -> bool,
     ) -> Result<u64, StoreError> {
         let (ids, active): (Vec<NonZeroU32>, NonZeroU32) = {
             let st = self.state.lock();
@@ -164,7 +173,8 @@ impl MessageLog {
         };
         let mut total = 0u64;
         for id in ids.into_iter().filter(|id| *id != active) {
-            let acked = self.read_acks(id)?;
+            let acked = read_offsets(&ack_path(&self.dir, id))?;
+            let delivered = read_offsets(&dlv_path(&self.dir, id))?;
             let path = seg_path(&self.dir, id);
             let file = File::open(&path).map_err(|e| io_err(&path, e))?;
             let size = file.metadata().map_err(|e| io_err(&path, e))?.len();
@@ -203,7 +213,13 @@ impl MessageLog {
                 let queue_id = u64::from_be_bytes(payload[..8].try_into().unwrap_or_default());
                 let seq = u64::from_be_bytes(payload[8..16].try_into().unwrap_or_default());
                 let loc = Loc { seg: id, off: here };
-                if f(loc, queue_id, seq, &payload[IDS..]) {
+                if f(
+                    loc,
+                    queue_id,
+                    seq,
+                    delivered.contains(&here),
+                    &payload[IDS..],
+                ) {
                     live += 1;
                     total += 1;
                     if total.is_multiple_of(100_000) {
@@ -221,19 +237,6 @@ impl MessageLog {
         }
         self.state.lock().recovered = true;
         Ok(total)
-    }
-
-    fn read_acks(&self, id: NonZeroU32) -> Result<HashSet<u32>, StoreError> {
-        let path = ack_path(&self.dir, id);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
-            Err(e) => return Err(io_err(&path, e)),
-        };
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
     }
 
     /// Read a stored record back (a paged-out message at delivery time).
@@ -295,6 +298,7 @@ impl MessageLog {
         Ok(Round {
             sync: std::mem::take(&mut st.unsynced),
             acks: std::mem::take(&mut st.acks),
+            delivered: std::mem::take(&mut st.delivered),
             dead,
         })
     }
@@ -307,20 +311,8 @@ impl MessageLog {
     }
 
     fn finish_round(&self, round: &Round) -> std::io::Result<()> {
-        let mut by_seg: BTreeMap<NonZeroU32, Vec<u8>> = BTreeMap::new();
-        for loc in &round.acks {
-            if !round.dead.contains(&loc.seg) {
-                by_seg
-                    .entry(loc.seg)
-                    .or_default()
-                    .extend_from_slice(&loc.off.to_le_bytes());
-            }
-        }
-        for (id, bytes) in by_seg {
-            let path = ack_path(&self.dir, id);
-            let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
-            f.write_all(&bytes)?;
-        }
+        append_offsets(&self.dir, &round.acks, &round.dead, ack_path)?;
+        append_offsets(&self.dir, &round.delivered, &round.dead, dlv_path)?;
         let mut seen: Vec<*const File> = Vec::new();
         for f in &round.sync {
             let p = Arc::as_ptr(f);
@@ -330,7 +322,11 @@ impl MessageLog {
             }
         }
         for &id in &round.dead {
-            for path in [seg_path(&self.dir, id), ack_path(&self.dir, id)] {
+            for path in [
+                seg_path(&self.dir, id),
+                ack_path(&self.dir, id),
+                dlv_path(&self.dir, id),
+            ] {
                 if let Err(e) = std::fs::remove_file(&path) {
                     if e.kind() != std::io::ErrorKind::NotFound {
                         tracing::warn!(path = %path.display(), error = %e, "could not delete a finished segment");
@@ -348,6 +344,7 @@ impl MessageLog {
         let mut acks = round.acks;
         acks.append(&mut st.acks);
         st.acks = acks;
+        st.delivered.extend(round.delivered);
         // Dead segments were dropped from the map already; their files are removed on a
         // later start (they have no live records and are never read again).
     }
@@ -396,6 +393,11 @@ impl LogState {
         self.acks.push(loc);
     }
 
+    /// A stored message was delivered for the first time.
+    pub(super) fn delivered(&mut self, loc: Loc) {
+        self.delivered.push(loc);
+    }
+
     /// Write out the buffer and start a new active segment.
     fn rotate(&mut self, dir: &Path) -> std::io::Result<()> {
         let old = self
@@ -422,6 +424,43 @@ impl LogState {
         self.buf_start = 0;
         Ok(())
     }
+}
+
+/// The u32 offsets listed in an ack or delivery file (none if it does not exist).
+fn read_offsets(path: &Path) -> Result<HashSet<u32>, StoreError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+        Err(e) => return Err(io_err(path, e)),
+    };
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+/// Append offsets, grouped by segment, to each segment's file named by `path`.
+fn append_offsets(
+    dir: &Path,
+    locs: &[Loc],
+    dead: &[NonZeroU32],
+    path: fn(&Path, NonZeroU32) -> PathBuf,
+) -> std::io::Result<()> {
+    let mut by_seg: BTreeMap<NonZeroU32, Vec<u8>> = BTreeMap::new();
+    for loc in locs.iter().filter(|l| !dead.contains(&l.seg)) {
+        by_seg
+            .entry(loc.seg)
+            .or_default()
+            .extend_from_slice(&loc.off.to_le_bytes());
+    }
+    for (id, bytes) in by_seg {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path(dir, id))?;
+        f.write_all(&bytes)?;
+    }
+    Ok(())
 }
 
 /// The message record of the record at `at` in an in-memory buffer.

@@ -499,6 +499,14 @@ impl Queue {
         }
     }
 
+    /// A stored message goes out unacked for the first time: remember it, so that after a
+    /// restart it comes back flagged redelivered (and only then).
+    pub fn mark_delivered(&self, qm: &QueuedMessage) {
+        if let (false, Some(store), Some(loc)) = (qm.redelivered, &self.store, qm.stored) {
+            store.mark_delivered(loc);
+        }
+    }
+
     fn forget_all(&self, stored: Vec<crate::store::segments::Loc>) {
         if let Some(store) = &self.store {
             for loc in stored {
