@@ -113,7 +113,12 @@ impl Store {
     /// it could not be stored: the publisher must then not get a positive confirm.
     pub fn put_message(&self, queue_id: u64, qm: &QueuedMessage) -> Option<Loc> {
         let mut st = self.log.state.lock();
-        match st.append(self.log.dir(), queue_id, qm.seq, |buf| encode_into(qm, buf)) {
+        let appended = if self.log.fail_appends.load(Ordering::Relaxed) {
+            Err(std::io::Error::other("injected disk fault"))
+        } else {
+            st.append(self.log.dir(), queue_id, qm.seq, |buf| encode_into(qm, buf))
+        };
+        match appended {
             Ok(loc) => {
                 // Under the log lock: a round that covers this epoch has the record.
                 self.write_epoch.fetch_add(1, Ordering::AcqRel);
@@ -213,6 +218,20 @@ impl Store {
         Ok(n)
     }
 
+    /// Fault injection for disk-error tests: make appends fail (publishers get
+    /// basic.nack) and/or flusher rounds fail (confirms are held back), as a full disk or
+    /// an I/O error would.
+    pub fn inject_faults(&self, appends: bool, rounds: bool) {
+        self.log.fail_appends.store(appends, Ordering::Relaxed);
+        self.log.fail_rounds.store(rounds, Ordering::Relaxed);
+        self.flush_wake.notify_one();
+    }
+
+    /// Flusher rounds that failed since start (each is retried).
+    pub fn failed_rounds(&self) -> u64 {
+        self.failed_rounds.load(Ordering::Relaxed)
+    }
+
     /// Writes made so far (a confirm may go out once `flushed_epoch` reaches it).
     pub fn write_epoch(&self) -> u64 {
         self.write_epoch.load(Ordering::Acquire)
@@ -288,6 +307,7 @@ impl Store {
                         }
                     }
                     Ok(Err(e)) => {
+                        store.failed_rounds.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(error = %e, "writing persistent messages failed; confirms are held back until it succeeds");
                         drop(store);
                         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -87,6 +87,7 @@ pub struct Store {
     log: segments::MessageLog,
     /// Definitions changed since the last sled flush.
     defs_dirty: std::sync::atomic::AtomicBool,
+    failed_rounds: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Store {
@@ -138,6 +139,7 @@ impl Store {
             flush_wake: std::sync::Arc::new(tokio::sync::Notify::new()),
             log: segments::MessageLog::open(&dir.join("messages"))?,
             defs_dirty: std::sync::atomic::AtomicBool::new(false),
+            failed_rounds: std::sync::atomic::AtomicU64::new(0),
         })
     }
 

@@ -74,6 +74,13 @@ pub(super) struct Round {
 pub struct MessageLog {
     dir: PathBuf,
     pub(super) state: parking_lot::Mutex<LogState>,
+    /// Fault injection (see `Store::inject_faults`): appends / rounds fail as on a full disk.
+    pub(super) fail_appends: std::sync::atomic::AtomicBool,
+    pub(super) fail_rounds: std::sync::atomic::AtomicBool,
+}
+
+fn injected() -> std::io::Error {
+    std::io::Error::other("injected disk fault")
 }
 
 fn seg_path(dir: &Path, id: NonZeroU32) -> PathBuf {
@@ -157,6 +164,8 @@ impl MessageLog {
                 delivered: Vec::new(),
                 recovered: false,
             }),
+            fail_appends: Default::default(),
+            fail_rounds: Default::default(),
         })
     }
 
@@ -272,6 +281,9 @@ impl MessageLog {
     /// here, under the lock, so readers always find a record in the buffer or the file),
     /// the files to sync, the acks to write and the segments that can go.
     pub(super) fn begin_round(&self, st: &mut LogState) -> std::io::Result<Round> {
+        if self.fail_rounds.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(injected());
+        }
         if !st.buf.is_empty() {
             let active = st.active;
             let file = st
