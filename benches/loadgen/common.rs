@@ -94,8 +94,9 @@ pub struct Opts {
     /// Seconds at the start excluded from the averages and summary percentiles.
     #[arg(long, default_value_t = 1.0)]
     pub warmup: f64,
-    /// Publishes per publisher handed to the client library before waiting for
-    /// them to be written (pipelining depth).
+    /// loadgen: publishes per publisher handed to the client library before
+    /// waiting for them to be written (pipelining depth). rawgen: most
+    /// messages per publisher written with one write call.
     #[arg(long, default_value_t = 256)]
     pub pipeline: usize,
     /// Worker threads of the async runtime (default: number of CPUs).
