@@ -599,7 +599,8 @@ async fn run_publisher(
             next_send += iv * n as u32;
         }
         if window > 0 {
-            let outstanding = published - conf.settled.load(Ordering::Acquire);
+            // saturating: a broken broker could ack tags never published
+            let outstanding = published.saturating_sub(conf.settled.load(Ordering::Acquire));
             if outstanding >= window {
                 tokio::select! {
                     biased;
