@@ -274,7 +274,7 @@ median() {
 }
 
 # run_one BROKER SCENARIO RUN: run the generator once, keep JSON in $WORK, and
-# the CPU (cores) the broker and the generator used between the end of the
+# the CPU (% of one core) the broker and the generator used between the end of the
 # warm-up second and half a second before the end in $WORK/*.cpu
 # ("broker generator"), to tell which of the two was the bottleneck.
 run_one() {
@@ -295,13 +295,16 @@ run_one() {
         > "$out" 2> "$WORK/$sc-$broker-$run.err" &
     local gpid=$! b0 g0 t0 b1 g1 t1 rc=0
     if [ "$DURATION" -ge 3 ]; then
-        sleep 1; b0="$(cpu_ticks "$pid")"; g0="$(cpu_ticks "$gpid")"; t0="$(date +%s.%N)"
+        sleep 1
+        # $! is `timeout`; the generator is its child
+        local gen; gen="$(pgrep -P "$gpid" | head -1 || true)"
+        b0="$(cpu_ticks "$pid")"; g0="$(cpu_ticks "${gen:-$gpid}")"; t0="$(date +%s.%N)"
         sleep "$(awk -v d="$DURATION" 'BEGIN { print d - 1.5 }')"
-        b1="$(cpu_ticks "$pid")"; g1="$(cpu_ticks "$gpid")"; t1="$(date +%s.%N)"
+        b1="$(cpu_ticks "$pid")"; g1="$(cpu_ticks "${gen:-$gpid}")"; t1="$(date +%s.%N)"
         if [ -n "$b0" ] && [ -n "$b1" ] && [ -n "$g0" ] && [ -n "$g1" ]; then
             awk -v b="$(( b1 - b0 ))" -v g="$(( g1 - g0 ))" -v t0="$t0" -v t1="$t1" \
                 -v hz="$(getconf CLK_TCK 2>/dev/null || echo 100)" \
-                'BEGIN { printf "%.2f %.2f\n", b / hz / (t1 - t0), g / hz / (t1 - t0) }' \
+                'BEGIN { printf "%.1f %.1f\n", 100 * b / hz / (t1 - t0), 100 * g / hz / (t1 - t0) }' \
                 > "$WORK/$sc-$broker-$run.cpu"
         fi
     fi
@@ -361,8 +364,8 @@ main() {
         done
     done
     echo
-    echo "CPU in cores (medians; 1.00 = one core of 2) while the run was measured. A generator"
-    echo "near a full core (or broker + generator near 2) means the numbers are capped by it."
+    echo "CPU in % of one core (medians; the machine may have 2) while the runs were measured."
+    echo "A generator near 100 % (or broker + generator near all cores) caps the numbers."
     echo
     echo "| scenario | RabbitMQ broker | $GEN vs RabbitMQ | WarrenMQ broker | $GEN vs WarrenMQ |"
     echo "|---|---:|---:|---:|---:|"
