@@ -116,7 +116,8 @@ impl Store {
         let appended = if self.log.fail_appends.load(Ordering::Relaxed) {
             Err(std::io::Error::other("injected disk fault"))
         } else {
-            st.append(self.log.dir(), queue_id, qm.seq, |buf| encode_into(qm, buf))
+            self.log
+                .append(&mut st, queue_id, qm.seq, |buf| encode_into(qm, buf))
         };
         match appended {
             Ok(loc) => {

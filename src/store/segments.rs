@@ -73,6 +73,8 @@ pub(super) struct Round {
 
 pub struct MessageLog {
     dir: PathBuf,
+    /// Size after which a new segment starts (`SEGMENT_BYTES`; smaller in tests).
+    segment_bytes: u64,
     pub(super) state: parking_lot::Mutex<LogState>,
     /// Fault injection (see `Store::inject_faults`): appends / rounds fail as on a full disk.
     pub(super) fail_appends: std::sync::atomic::AtomicBool,
@@ -115,6 +117,10 @@ impl MessageLog {
     /// Open the log directory: existing segments are listed (their records come back
     /// through `recover`) and a fresh active segment is started after them.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, SEGMENT_BYTES)
+    }
+
+    pub fn open_with(dir: &Path, segment_bytes: u64) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let mut segments = BTreeMap::new();
         for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
@@ -154,6 +160,7 @@ impl MessageLog {
         );
         Ok(MessageLog {
             dir: dir.to_path_buf(),
+            segment_bytes,
             state: parking_lot::Mutex::new(LogState {
                 active,
                 buf: Vec::with_capacity(1 << 20),
@@ -364,18 +371,30 @@ impl MessageLog {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-}
 
-impl LogState {
-    /// Append a record; `write` encodes the message record into the buffer.
+    /// Append a record (see `LogState::append`).
     pub(super) fn append(
-        &mut self,
-        dir: &Path,
+        &self,
+        st: &mut LogState,
         queue_id: u64,
         seq: u64,
         write: impl FnOnce(&mut Vec<u8>),
     ) -> std::io::Result<Loc> {
-        if self.buf_start + self.buf.len() as u64 >= SEGMENT_BYTES {
+        st.append(&self.dir, self.segment_bytes, queue_id, seq, write)
+    }
+}
+
+impl LogState {
+    /// Append a record; `write` encodes the message record into the buffer.
+    fn append(
+        &mut self,
+        dir: &Path,
+        segment_bytes: u64,
+        queue_id: u64,
+        seq: u64,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> std::io::Result<Loc> {
+        if self.buf_start + self.buf.len() as u64 >= segment_bytes {
             self.rotate(dir)?;
         }
         let start = self.buf.len();
@@ -484,4 +503,78 @@ fn record_in(buf: &[u8], at: usize) -> std::io::Result<Vec<u8>> {
     buf.get(at + HEADER + IDS..at + HEADER + len)
         .map(<[u8]>::to_vec)
         .ok_or_else(|| std::io::Error::other("record outside the buffer"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(log: &MessageLog, queue: u64, seq: u64) -> Loc {
+        let mut st = log.state.lock();
+        log.append(&mut st, queue, seq, |b| {
+            b.extend_from_slice(&[seq as u8; 200])
+        })
+        .expect("append")
+    }
+
+    fn round(log: &MessageLog) {
+        let r = {
+            let mut st = log.state.lock();
+            log.begin_round(&mut st).expect("begin")
+        };
+        log.finish_round_or_requeue(r).expect("finish");
+    }
+
+    fn segment_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .expect("dir")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            })
+            .count()
+    }
+
+    #[test]
+    fn segments_rotate_are_read_across_and_go_when_fully_acked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = MessageLog::open_with(dir.path(), 4096).expect("open");
+        log.recover(|_, _, _, _, _| true)
+            .expect("nothing to recover");
+        let locs: Vec<Loc> = (0..100).map(|i| append(&log, 1, i)).collect();
+        assert!(
+            locs.last().expect("locs").seg.get() > 3,
+            "rotated several times"
+        );
+        // Readable from the buffer, from rotated files, and after the round from the file.
+        for (i, loc) in locs.iter().enumerate().step_by(7) {
+            assert_eq!(log.read(*loc).expect("read")[16], i as u8);
+        }
+        round(&log);
+        for (i, loc) in locs.iter().enumerate() {
+            assert_eq!(log.read(*loc).expect("read")[16], i as u8);
+        }
+        let before = segment_files(dir.path());
+        for loc in &locs[..90] {
+            log.state.lock().remove(*loc);
+        }
+        log.state.lock().delivered(locs[95]);
+        round(&log);
+        let after = segment_files(dir.path());
+        assert!(
+            after < before,
+            "fully acked segments deleted: {before} -> {after}"
+        );
+        drop(log);
+
+        let log = MessageLog::open_with(dir.path(), 4096).expect("reopen");
+        let mut back = Vec::new();
+        log.recover(|_, q, seq, delivered, _| {
+            back.push((q, seq, delivered));
+            true
+        })
+        .expect("recover");
+        let want: Vec<(u64, u64, bool)> = (90..100).map(|s| (1, s, s == 95)).collect();
+        assert_eq!(back, want);
+    }
 }
