@@ -8,6 +8,7 @@ pub mod exchange;
 pub mod message;
 pub mod policy;
 pub mod queue;
+pub mod reply_to;
 pub mod vhost;
 pub mod vhosts;
 

@@ -16,6 +16,8 @@ pub struct VHost {
     pub queues: DashMap<String, Arc<Queue>>,
     /// Description, tags and policies, set through management.
     pub settings: parking_lot::RwLock<super::vhosts::VhostSettings>,
+    /// Live direct reply-to consumers by their full `amq.rabbitmq.reply-to.<token>` name.
+    pub reply_consumers: DashMap<String, Arc<super::reply_to::ReplyConsumer>>,
     store: Option<Arc<Store>>,
 }
 
@@ -38,6 +40,7 @@ impl VHost {
             exchanges: DashMap::new(),
             queues: DashMap::new(),
             settings: Default::default(),
+            reply_consumers: DashMap::new(),
             store,
         };
         let builtin: &[(&str, ExchangeType, bool)] = &[
