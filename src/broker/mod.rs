@@ -108,6 +108,16 @@ impl Broker {
                 tracing::warn!(source = %b.source, destination = %b.destination, "exchange binding not recovered: {e}");
             }
         }
+        // Bindings are back, so delayed messages that fell due while down can route now.
+        let delayed: Vec<_> = vhost
+            .exchanges
+            .iter()
+            .filter(|x| x.messages_delayed().is_some() && x.spec.durable)
+            .map(|x| x.clone())
+            .collect();
+        for x in delayed {
+            vhost.recover_delayed(&x);
+        }
         tracing::info!(
             exchanges = nx,
             queues = nq,

@@ -353,6 +353,14 @@ impl Channel {
         if exchange.name().is_empty() && publish.routing_key.starts_with(REPLY_TO_PREFIX) {
             return self.deliver_reply(ctx, publish, &msg);
         }
+        if let Some(held) = ctx.vhost.hold_delayed(exchange, &msg) {
+            // Routed when the delay ends; as in the plugin, never returned now.
+            ctx.conn.published.fetch_add(1, Ordering::Relaxed);
+            return Routed {
+                rejected: false,
+                persisted: held.persisted,
+            };
+        }
         // The routing result buffer is reused across publishes to avoid an allocation each.
         let mut queues = std::mem::take(&mut self.route_buf);
         ctx.conn.published.fetch_add(1, Ordering::Relaxed);

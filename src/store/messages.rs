@@ -19,7 +19,7 @@ fn msg_key(queue_id: u64, seq: u64) -> [u8; 16] {
     k
 }
 
-fn wall_ms(deadline: Instant) -> u64 {
+pub(super) fn wall_ms(deadline: Instant) -> u64 {
     let now_wall = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -27,7 +27,7 @@ fn wall_ms(deadline: Instant) -> u64 {
     (now_wall + left).as_millis() as u64
 }
 
-fn from_wall_ms(ms: u64) -> Instant {
+pub(super) fn from_wall_ms(ms: u64) -> Instant {
     let now_wall = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
