@@ -59,13 +59,7 @@ async fn request(ch: &lapin::Channel, q: &str, body: &[u8]) {
 async fn fetch_request(ch: &lapin::Channel, q: &str) -> lapin::message::BasicGetMessage {
     within(
         "basic.get",
-        ch.basic_get(
-            q.into(),
-            BasicGetOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-        ),
+        ch.basic_get(q.into(), BasicGetOptions { no_ack: true }),
     )
     .await
     .expect("get")
