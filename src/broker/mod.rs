@@ -8,6 +8,7 @@ pub mod exchange;
 pub mod message;
 pub mod policy;
 pub mod queue;
+pub mod reply_to;
 pub mod vhost;
 pub mod vhosts;
 
@@ -98,6 +99,16 @@ impl Broker {
             {
                 tracing::warn!(source = %b.source, destination = %b.destination, "exchange binding not recovered: {e}");
             }
+        }
+        // Bindings are back, so delayed messages that fell due while down can route now.
+        let delayed: Vec<_> = vhost
+            .exchanges
+            .iter()
+            .filter(|x| x.messages_delayed().is_some() && x.spec.durable)
+            .map(|x| x.clone())
+            .collect();
+        for x in delayed {
+            vhost.recover_delayed(&x);
         }
         tracing::info!(
             exchanges = nx,

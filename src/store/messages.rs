@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 const RECORD_VERSION: u8 = 1;
 
-fn wall_ms(deadline: Instant) -> u64 {
+pub(super) fn wall_ms(deadline: Instant) -> u64 {
     let now_wall = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -22,7 +22,7 @@ fn wall_ms(deadline: Instant) -> u64 {
     (now_wall + left).as_millis() as u64
 }
 
-fn from_wall_ms(ms: u64) -> Instant {
+pub(super) fn from_wall_ms(ms: u64) -> Instant {
     let now_wall = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

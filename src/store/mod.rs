@@ -2,6 +2,7 @@
 //! bindings) written when declared and recovered at start. The data dir carries a format
 //! version so a newer layout is refused.
 
+mod delayed;
 pub mod messages;
 pub mod segments;
 
@@ -302,8 +303,8 @@ impl Store {
                     "x" => {
                         let r: ExchangeRecord =
                             serde_json::from_slice(&v).map_err(|e| corrupt(e.to_string()))?;
-                        let kind =
-                            ExchangeType::parse(&r.kind).map_err(|e| corrupt(e.to_string()))?;
+                        let kind = ExchangeType::declared(&r.kind, &r.arguments)
+                            .map_err(|e| corrupt(e.to_string()))?;
                         out.exchanges.push(ExchangeSpec {
                             name: r.name,
                             kind,
