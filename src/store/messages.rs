@@ -450,4 +450,29 @@ mod tests {
         store.sync_round().expect("round");
         assert!(!seg.exists(), "segment with no live record deleted");
     }
+
+    #[test]
+    fn a_format_1_dir_has_its_sled_messages_moved_into_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = sled::open(dir.path().join("sled")).expect("sled");
+            db.insert("format_version", "1").expect("version");
+            let mut key = 4u64.to_be_bytes().to_vec();
+            key.extend_from_slice(&11u64.to_be_bytes());
+            db.open_tree("messages")
+                .expect("tree")
+                .insert(key, encode(&sample(11)))
+                .expect("record");
+            db.flush().expect("flush");
+        }
+        assert_eq!(recovered(dir.path(), |_| true), vec![(4, 11)]);
+        // Now in the log (and no longer in sled): still there on the next start.
+        assert_eq!(recovered(dir.path(), |_| true), vec![(4, 11)]);
+        let store = Store::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(store.msgs.len(), 0);
+        assert_eq!(
+            store.db.get("format_version").expect("get").as_deref(),
+            Some(&b"2"[..])
+        );
+    }
 }

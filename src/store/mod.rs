@@ -16,7 +16,9 @@ use thiserror::Error;
 mod meta;
 
 /// Version of the on-disk layout this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: persistent messages in the segment log (`messages/`). A version-1 dir (messages in
+/// sled) is upgraded at start: its records move into the log during recovery.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -123,6 +125,11 @@ impl Store {
                 db.insert("format_version", FORMAT_VERSION.to_string().as_bytes())?;
             }
             Some(v) if v.as_ref() == FORMAT_VERSION.to_string().as_bytes() => {}
+            Some(v) if v.as_ref() == b"1" => {
+                // Older builds must not open this dir any more: they would not see the log.
+                db.insert("format_version", FORMAT_VERSION.to_string().as_bytes())?;
+                tracing::info!("data dir format 1 upgraded to {FORMAT_VERSION}");
+            }
             Some(v) => {
                 return Err(StoreError::Version {
                     found: String::from_utf8_lossy(&v).into_owned(),
