@@ -148,8 +148,9 @@ impl Store {
         }
     }
 
-    /// A stored message went out for the first time: after a restart it comes back
-    /// flagged redelivered. (Written with the next round, not synced on its own.)
+    /// A stored message went out unacked: after a restart it comes back flagged
+    /// redelivered, with the deliveries counted. (Written with the next round, not synced
+    /// on its own.)
     pub fn mark_delivered(&self, loc: Loc) {
         self.log.state.lock().delivered(loc);
     }
@@ -172,7 +173,9 @@ impl Store {
                 |loc, queue_id, seq, delivered, raw| match decode(seq, raw) {
                     Some(mut qm) => {
                         qm.stored = Some(loc);
-                        qm.redelivered = delivered;
+                        // Every delivery before the stop counts as returned.
+                        qm.redelivered = delivered > 0;
+                        qm.delivery_count = qm.delivery_count.max(delivered);
                         f(queue_id, qm)
                     }
                     None => {

@@ -10,8 +10,9 @@
 //!
 //! Layout under `<data dir>/messages/`: `<id>.seg` holds records
 //! `[len u32 LE][crc32 u32 LE][payload: queue id u64 BE, seq u64 BE, message record]`;
-//! `<id>.ack` holds the u32 LE offsets of the records that left, `<id>.dlv` those of records
-//! delivered at least once (so only they come back flagged redelivered). A torn record at the end
+//! `<id>.ack` holds the u32 LE offsets of the records that left, `<id>.dlv` one entry per
+//! unacked delivery (so only delivered messages come back flagged redelivered, with their
+//! delivery count for x-delivery-limit). A torn record at the end
 //! of a segment (a crash mid-write) ends that segment's scan; it was never confirmed.
 
 use super::StoreError;
@@ -177,11 +178,11 @@ impl MessageLog {
     }
 
     /// Read every live record of the segments found at open, oldest first, and pass
-    /// (location, queue id, seq, delivered before, message record) to `f`; `f` returns false for a record
+    /// (location, queue id, seq, times delivered, message record) to `f`; `f` returns false for a record
     /// nobody claims (its queue is gone), which is then acked.
     pub fn recover(
         &self,
-        mut f: impl FnMut(Loc, u64, u64, bool, &[u8]) -> bool,
+        mut f: impl FnMut(Loc, u64, u64, u32, &[u8]) -> bool,
     ) -> Result<u64, StoreError> {
         let (ids, active): (Vec<NonZeroU32>, NonZeroU32) = {
             let st = self.state.lock();
@@ -190,7 +191,7 @@ impl MessageLog {
         let mut total = 0u64;
         for id in ids.into_iter().filter(|id| *id != active) {
             let acked = read_offsets(&ack_path(&self.dir, id))?;
-            let delivered = read_offsets(&dlv_path(&self.dir, id))?;
+            let delivered = count_offsets(&dlv_path(&self.dir, id))?;
             let path = seg_path(&self.dir, id);
             let file = File::open(&path).map_err(|e| io_err(&path, e))?;
             let size = file.metadata().map_err(|e| io_err(&path, e))?.len();
@@ -229,13 +230,8 @@ impl MessageLog {
                 let queue_id = u64::from_be_bytes(payload[..8].try_into().unwrap_or_default());
                 let seq = u64::from_be_bytes(payload[8..16].try_into().unwrap_or_default());
                 let loc = Loc { seg: id, off: here };
-                if f(
-                    loc,
-                    queue_id,
-                    seq,
-                    delivered.contains(&here),
-                    &payload[IDS..],
-                ) {
+                let times = delivered.get(&here).copied().unwrap_or(0);
+                if f(loc, queue_id, seq, times, &payload[IDS..]) {
                     live += 1;
                     total += 1;
                     if total.is_multiple_of(100_000) {
@@ -424,7 +420,7 @@ impl LogState {
         self.acks.push(loc);
     }
 
-    /// A stored message was delivered for the first time.
+    /// A stored message was delivered (unacked).
     pub(super) fn delivered(&mut self, loc: Loc) {
         self.delivered.push(loc);
     }
@@ -468,6 +464,22 @@ fn read_offsets(path: &Path) -> Result<HashSet<u32>, StoreError> {
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect())
+}
+
+/// How often each offset is listed in a delivery file.
+fn count_offsets(path: &Path) -> Result<std::collections::HashMap<u32, u32>, StoreError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(io_err(path, e)),
+    };
+    let mut counts = std::collections::HashMap::new();
+    for c in bytes.chunks_exact(4) {
+        *counts
+            .entry(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .or_insert(0u32) += 1;
+    }
+    Ok(counts)
 }
 
 /// Append offsets, grouped by segment, to each segment's file named by `path`.
@@ -570,7 +582,7 @@ mod tests {
         let log = MessageLog::open_with(dir.path(), 4096).expect("reopen");
         let mut back = Vec::new();
         log.recover(|_, q, seq, delivered, _| {
-            back.push((q, seq, delivered));
+            back.push((q, seq, delivered > 0));
             true
         })
         .expect("recover");

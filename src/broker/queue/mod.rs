@@ -499,10 +499,10 @@ impl Queue {
         }
     }
 
-    /// A stored message goes out unacked for the first time: remember it, so that after a
-    /// restart it comes back flagged redelivered (and only then).
+    /// A stored message goes out unacked: remember it, so that after a restart it comes
+    /// back flagged redelivered (and only then) with its delivery count.
     pub fn mark_delivered(&self, qm: &QueuedMessage) {
-        if let (false, Some(store), Some(loc)) = (qm.redelivered, &self.store, qm.stored) {
+        if let (Some(store), Some(loc)) = (&self.store, qm.stored) {
             store.mark_delivered(loc);
         }
     }
