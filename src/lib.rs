@@ -6,7 +6,8 @@
 //! - `protocol`   — wire codec: frame reading with limits, hand-encoded hot frames, table checks
 //! - `connection` — per-connection task: handshake, read loop, heartbeats, outbound writer
 //! - `channel`    — channel state machine and content assembly; one file per AMQP class
-//! - `broker`     — vhosts, exchanges (one matcher per type), queues, deliveries, messages, policies
+//! - `broker`     — vhosts, exchanges (one matcher per type), queues, deliveries, messages, policies,
+//!                  resource alarms (memory watermark, disk free limit)
 //! - `store`      — durable definitions in sled, recovery, format version
 //! - `auth`       — users, password hashes, tags, permissions and their checks; PLAIN/AMQPLAIN
 //! - `ctl`        — `warrenmq ctl`, the admin client of the management API

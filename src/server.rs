@@ -93,6 +93,10 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
         started: std::time::Instant::now(),
     });
     crate::http::rates::spawn(broker.clone(), ctx.rates.clone(), rx.clone());
+    tokio::spawn(crate::broker::alarms::run_sampler(
+        broker.alarms.clone(),
+        rx.clone(),
+    ));
     tokio::spawn(crate::http::serve(http_listener, ctx.clone(), rx.clone()));
     tokio::spawn(crate::http::metrics::serve(
         metrics_listener,
