@@ -57,6 +57,9 @@ pub struct Config {
     /// absolute size (integer bytes or a string with a unit), or a float multiple of total
     /// RAM as RabbitMQ's `disk_free_limit.relative`.
     pub disk_free_limit: ResourceLimit,
+    /// How long a failed login waits before it is answered, ms: makes password guessing
+    /// over one connection slow without holding up anyone else.
+    pub auth_failure_delay: u64,
 }
 
 /// A size limit given either absolutely or relative to total memory.
@@ -149,6 +152,7 @@ impl Default for Config {
             consumer_timeout: 1_800_000,
             memory_high_watermark: ResourceLimit::Relative(0.4),
             disk_free_limit: ResourceLimit::Absolute(50_000_000),
+            auth_failure_delay: 1000,
         }
     }
 }
