@@ -7,7 +7,7 @@
 //! - `connection` — per-connection task: handshake, read loop, heartbeats, outbound writer
 //! - `channel`    — channel state machine and content assembly; one file per AMQP class
 //! - `broker`     — vhosts, exchanges (one matcher per type), queues, deliveries, messages, policies,
-//!                  resource alarms (memory watermark, disk free limit)
+//!   resource alarms (memory watermark, disk free limit)
 //! - `store`      — durable definitions in sled, recovery, format version
 //! - `auth`       — users, password hashes, tags, permissions and their checks; PLAIN/AMQPLAIN
 //! - `ctl`        — `warrenmq ctl`, the admin client of the management API

@@ -10,9 +10,9 @@ use common::http::api;
 use common::raw::Raw;
 use common::*;
 use futures_lite::StreamExt;
-use lapin::Event;
 use lapin::options::*;
 use lapin::types::FieldTable;
+use lapin::Event;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
@@ -118,7 +118,9 @@ async fn memory_alarm_blocks_publishers_not_consumers() {
         next_block_event(&mut events).await,
         Event::ConnectionUnblocked
     ));
-    let pch = within("held publishes", held).await.expect("publisher task");
+    let pch = within("held publishes", held)
+        .await
+        .expect("publisher task");
     for i in 0..5 {
         let d = next(&mut consumer).await;
         assert_eq!(d.data, format!("held-{i}").as_bytes());

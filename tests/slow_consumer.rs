@@ -50,9 +50,12 @@ async fn no_ack_consumer_that_never_reads_costs_bounded_memory() {
     }
     // From here on the raw client never reads.
 
-    within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .expect("confirm.select");
+    within(
+        "confirm.select",
+        ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .expect("confirm.select");
     let body = vec![b'x'; BODY];
     for _ in 0..MESSAGES {
         within(
