@@ -62,6 +62,19 @@ async fn memory_alarm_blocks_publishers_not_consumers() {
     assert_eq!(body["status"], "failed");
     assert_eq!(body["reason"], "There are alarms in effect in the cluster");
     assert_eq!(body["alarms"][0]["resource"], "memory");
+    let metrics_addr = b.handle.as_ref().expect("running").metrics_addr;
+    let text = within(
+        "scrape",
+        reqwest::get(format!("http://{metrics_addr}/metrics")),
+    )
+    .await
+    .expect("scrape")
+    .text()
+    .await
+    .expect("metrics body");
+    assert!(text.contains("\nwarrenmq_alarms_memory_used_watermark 1\n"));
+    assert!(text.contains("\nwarrenmq_alarms_free_disk_space_watermark 0\n"));
+    assert!(text.contains("\nwarrenmq_resident_memory_limit_bytes 1\n"));
 
     // The next publish blocks the publisher; lapin holds further frames itself.
     let held = tokio::spawn(async move {
