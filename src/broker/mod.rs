@@ -1,6 +1,7 @@
 //! The broker's shared state: configuration, vhosts, users, the store and the live
 //! connections.
 
+pub mod alarms;
 pub mod args;
 pub mod dead_letter;
 pub mod delivery;
@@ -29,6 +30,8 @@ pub struct Broker {
     pub store: Option<Arc<Store>>,
     next_conn_id: AtomicU64,
     pub connections: DashMap<u64, Arc<ConnShared>>,
+    /// Memory and disk alarms; `alarms.set` raises or clears one by hand.
+    pub alarms: Arc<alarms::Alarms>,
 }
 
 impl Broker {
@@ -50,6 +53,7 @@ impl Broker {
         }
         store.put_meta("users_initialised", &["done"], &true);
         let broker = Broker {
+            alarms: Arc::new(alarms::Alarms::new(&config)),
             auth: Arc::new(auth),
             config,
             vhosts: DashMap::new(),
