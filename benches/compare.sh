@@ -13,7 +13,9 @@
 #   RABBIT_PORT / WARREN_PORT   AMQP ports (default 5673 / 5680)
 #   NO_BUILD=1  do not rebuild WarrenMQ; use the binary as it is
 #   WARRENMQ_BIN  WarrenMQ binary (default $CARGO_TARGET_DIR/release/warrenmq, i.e. target/release/warrenmq)
-#   LOADGEN     path of an already built loadgen binary (skips its build)
+#   GEN         load generator: rawgen (default; raw sockets, cheap per message)
+#               or loadgen (lapin client); both take the same options
+#   LOADGEN     path of an already built binary of $GEN (skips its build)
 #   CARGO_TARGET_DIR            honoured for both builds
 #   KEEP_LOGS=1 keep the temp dir with per-run outputs and the broker log
 #
@@ -33,6 +35,11 @@ WARRENMQ_BIN="${WARRENMQ_BIN:-$TARGET_DIR/release/warrenmq}"
 RABBIT_URI="amqp://guest:guest@127.0.0.1:${RABBIT_PORT}/%2f"
 WARREN_URI="amqp://guest:guest@127.0.0.1:${WARREN_PORT}/%2f"
 [ "$RUNS" -ge 1 ] 2>/dev/null || RUNS=1
+GEN="${GEN:-rawgen}"
+case "$GEN" in
+    rawgen|loadgen) ;;
+    *) echo "GEN must be rawgen or loadgen, not '$GEN'" >&2; exit 2 ;;
+esac
 
 WORK="$(mktemp -d /tmp/warrenmq-compare.XXXXXX)"
 WARREN_PID=""
@@ -130,8 +137,10 @@ CONF
     log "starting RabbitMQ"
     rabbitmq-server -detached
     STARTED_RABBIT=1
-    timeout 120 rabbitmqctl await_startup >/dev/null
-    wait_port "$RABBIT_PORT" 60 || { log "RabbitMQ did not open port ${RABBIT_PORT}"; return 1; }
+    # On a loaded machine the node may not have registered with epmd yet, and
+    # `rabbitmqctl await_startup` then fails at once: wait for the port instead.
+    wait_port "$RABBIT_PORT" 180 || { log "RabbitMQ did not open port ${RABBIT_PORT}"; return 1; }
+    timeout 120 rabbitmqctl await_startup >/dev/null || true
 }
 
 # ---------------------------------------------------------------- builds
@@ -143,14 +152,14 @@ build_all() {
         timeout 3600 cargo build --release --bin warrenmq >&2
     fi
     if [ -z "$LOADGEN" ]; then
-        # Builds the loadgen if needed (a no-op when it is up to date) and
+        # Builds the generator if needed (a no-op when it is up to date) and
         # reports where the binary is.
-        log "building loadgen (cargo build --release --bench loadgen)"
-        LOADGEN="$(timeout 3600 cargo build --release --bench loadgen --message-format=json \
-            | grep -o '"executable":"[^"]*loadgen[^"]*"' | tail -1 \
+        log "building $GEN (cargo build --release --bench $GEN)"
+        LOADGEN="$(timeout 3600 cargo build --release --bench "$GEN" --message-format=json \
+            | grep -o "\"executable\":\"[^\"]*/${GEN}-[^\"]*\"" | tail -1 \
             | sed 's/^"executable":"//; s/"$//')"
     fi
-    [ -n "$LOADGEN" ] && [ -x "$LOADGEN" ] || { log "loadgen binary not found"; return 1; }
+    [ -n "$LOADGEN" ] && [ -x "$LOADGEN" ] || { log "$GEN binary not found"; return 1; }
     [ -x "$WARRENMQ_BIN" ] || { log "no WarrenMQ binary at $WARRENMQ_BIN"; return 1; }
 }
 
@@ -172,7 +181,7 @@ start_warrenmq() {
 }
 
 # ---------------------------------------------------------------- scenarios
-# Each scenario: a title, the loadgen arguments, and the metric(s) compared.
+# Each scenario: a title, the generator arguments, and the metric(s) compared.
 # Metrics: consume_rate, publish_rate, confirm_rate (msg/s, higher is
 # better) and lat_p50, lat_p99 (microseconds, lower is better).
 scenario_title() {
@@ -214,7 +223,7 @@ metric_label() {
     esac
 }
 
-# extract METRIC FILE: print the metric from a loadgen --json summary
+# extract METRIC FILE: print the metric from a generator's --json summary
 extract() {
     local m="$1" f="$2" lat
     case "$m" in
@@ -237,6 +246,16 @@ values() {
     done
 }
 
+# cpu_values FIELD SCENARIO BROKER: broker (1) or generator (2) CPU of every
+# successful run, one a line
+cpu_values() {
+    local f
+    for f in "$WORK/$2-$3-"*.cpu; do
+        [ -f "$f" ] || continue
+        awk -v i="$1" '{ print $i }' "$f"
+    done
+}
+
 # nruns SCENARIO BROKER: number of successful runs
 nruns() {
     local f n=0
@@ -254,7 +273,10 @@ median() {
         else printf "%.1f\n", (v[n/2] + v[n/2+1]) / 2 }'
 }
 
-# run_one BROKER SCENARIO RUN: run loadgen once, keep JSON in $WORK
+# run_one BROKER SCENARIO RUN: run the generator once, keep JSON in $WORK, and
+# the CPU (% of one core) the broker and the generator used between the end of the
+# warm-up second and half a second before the end in $WORK/*.cpu
+# ("broker generator"), to tell which of the two was the bottleneck.
 run_one() {
     local broker="$1" sc="$2" run="$3" uri out
     local pid
@@ -265,16 +287,33 @@ run_one() {
     fi
     wait_idle "$pid"
     out="$WORK/$sc-$broker-$run.json"
-    # A fresh, named queue per run; loadgen deletes it at the end, and it is
+    # A fresh, named queue per run; the generator deletes it at the end, and it is
     # auto-delete in case the broker is too busy to answer the delete in time.
     # shellcheck disable=SC2046
-    if timeout $(( DURATION + 90 )) "$LOADGEN" --uri "$uri" --duration "$DURATION" --json --quiet \
-            --queue "bench-$sc-$run-$$" --auto-delete $(scenario_args "$sc") \
-            > "$out" 2> "$WORK/$sc-$broker-$run.err"; then
-        log "  $broker run $run: $(for m in $(scenario_metrics "$sc"); do printf '%s=%s ' "$m" "$(extract "$m" "$out")"; done)"
+    timeout $(( DURATION + 90 )) "$LOADGEN" --uri "$uri" --duration "$DURATION" --json --quiet \
+        --queue "bench-$sc-$run-$$" --auto-delete $(scenario_args "$sc") \
+        > "$out" 2> "$WORK/$sc-$broker-$run.err" &
+    local gpid=$! b0 g0 t0 b1 g1 t1 rc=0
+    if [ "$DURATION" -ge 3 ]; then
+        sleep 1
+        # $! is `timeout`; the generator is its child
+        local gen; gen="$(pgrep -P "$gpid" | head -1 || true)"
+        b0="$(cpu_ticks "$pid")"; g0="$(cpu_ticks "${gen:-$gpid}")"; t0="$(date +%s.%N)"
+        sleep "$(awk -v d="$DURATION" 'BEGIN { print d - 1.5 }')"
+        b1="$(cpu_ticks "$pid")"; g1="$(cpu_ticks "${gen:-$gpid}")"; t1="$(date +%s.%N)"
+        if [ -n "$b0" ] && [ -n "$b1" ] && [ -n "$g0" ] && [ -n "$g1" ]; then
+            awk -v b="$(( b1 - b0 ))" -v g="$(( g1 - g0 ))" -v t0="$t0" -v t1="$t1" \
+                -v hz="$(getconf CLK_TCK 2>/dev/null || echo 100)" \
+                'BEGIN { printf "%.1f %.1f\n", 100 * b / hz / (t1 - t0), 100 * g / hz / (t1 - t0) }' \
+                > "$WORK/$sc-$broker-$run.cpu"
+        fi
+    fi
+    wait "$gpid" || rc=$?
+    if [ "$rc" = 0 ]; then
+        log "  $broker run $run: $(for m in $(scenario_metrics "$sc"); do printf '%s=%s ' "$m" "$(extract "$m" "$out")"; done)cpu(broker gen)=$(cat "$WORK/$sc-$broker-$run.cpu" 2>/dev/null)"
     else
         log "  $broker run $run: FAILED ($(tail -1 "$WORK/$sc-$broker-$run.err" 2>/dev/null))"
-        rm -f "$out"
+        rm -f "$out" "$WORK/$sc-$broker-$run.cpu"
     fi
     sleep "$SETTLE"
 }
@@ -305,7 +344,7 @@ main() {
     done
 
     echo
-    echo "RUNS=$RUNS DURATION=${DURATION}s; medians over successful runs (n = successful runs); ratio = WarrenMQ / RabbitMQ"
+    echo "GEN=$GEN RUNS=$RUNS DURATION=${DURATION}s; medians over successful runs (n = successful runs); ratio = WarrenMQ / RabbitMQ"
     echo
     echo "| scenario | metric | RabbitMQ median | WarrenMQ median | ratio |"
     echo "|---|---|---:|---:|---:|"
@@ -323,6 +362,15 @@ main() {
             fi
             echo "| $(scenario_title "$sc") | $(metric_label "$m") | $r (n=$rn) | $w (n=$wn) | $ratio |"
         done
+    done
+    echo
+    echo "CPU in % of one core (medians; the machine may have 2) while the runs were measured."
+    echo "A generator near 100 % (or broker + generator near all cores) caps the numbers."
+    echo
+    echo "| scenario | RabbitMQ broker | $GEN vs RabbitMQ | WarrenMQ broker | $GEN vs WarrenMQ |"
+    echo "|---|---:|---:|---:|---:|"
+    for sc in $SCENARIOS; do
+        echo "| $(scenario_title "$sc") | $(cpu_values 1 "$sc" rabbitmq | median) | $(cpu_values 2 "$sc" rabbitmq | median) | $(cpu_values 1 "$sc" warrenmq | median) | $(cpu_values 2 "$sc" warrenmq | median) |"
     done
 }
 

@@ -62,6 +62,85 @@ pub struct Config {
     pub tls_verify_peer: bool,
     /// amqps with `tls_verify_peer`: refuse clients that present no certificate.
     pub tls_fail_if_no_peer_cert: bool,
+    /// Memory alarm threshold (RabbitMQ's `vm_memory_high_watermark`): a fraction of total
+    /// RAM (or of the cgroup limit) as a float, e.g. `0.4`, or an absolute size as an
+    /// integer byte count or a string with a unit (`"512MiB"`, `"2GB"`). While the broker's
+    /// resident memory is above it, publishing connections are blocked.
+    pub memory_high_watermark: ResourceLimit,
+    /// Disk alarm threshold (RabbitMQ's `disk_free_limit`): publishing connections are
+    /// blocked while the file system of `data_dir` has less free space than this. An
+    /// absolute size (integer bytes or a string with a unit), or a float multiple of total
+    /// RAM as RabbitMQ's `disk_free_limit.relative`.
+    pub disk_free_limit: ResourceLimit,
+    /// How long a failed login waits before it is answered, ms: makes password guessing
+    /// over one connection slow without holding up anyone else.
+    pub auth_failure_delay: u64,
+}
+
+/// A size limit given either absolutely or relative to total memory.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "RawLimit")]
+pub enum ResourceLimit {
+    /// Bytes.
+    Absolute(u64),
+    /// A factor applied to total memory.
+    Relative(f64),
+}
+
+/// What a limit looks like in TOML: an integer, a float or a string with a unit.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawLimit {
+    Int(u64),
+    Float(f64),
+    Text(String),
+}
+
+impl TryFrom<RawLimit> for ResourceLimit {
+    type Error = String;
+    fn try_from(raw: RawLimit) -> Result<Self, String> {
+        match raw {
+            RawLimit::Int(n) => Ok(ResourceLimit::Absolute(n)),
+            RawLimit::Float(f) if f.is_finite() && f >= 0.0 => Ok(ResourceLimit::Relative(f)),
+            RawLimit::Float(f) => Err(format!("invalid relative limit {f}")),
+            RawLimit::Text(s) => parse_size(&s).map(ResourceLimit::Absolute),
+        }
+    }
+}
+
+impl ResourceLimit {
+    /// The limit in bytes, given the total memory.
+    pub fn bytes(&self, total_memory: u64) -> u64 {
+        match *self {
+            ResourceLimit::Absolute(n) => n,
+            ResourceLimit::Relative(f) => (total_memory as f64 * f) as u64,
+        }
+    }
+}
+
+/// A size with an optional unit as RabbitMQ reads them: `k`/`KiB`, `M`/`MiB`, `G`/`GiB`,
+/// `T`/`TiB` are powers of 1024; `kB`/`KB`, `MB`, `GB`, `TB` are powers of 1000.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size '{s}': expected a number with an optional unit"))?;
+    let mult: u64 = match unit.trim() {
+        "" => 1,
+        "k" | "K" | "Ki" | "KiB" | "kiB" => 1 << 10,
+        "kB" | "KB" => 1_000,
+        "M" | "Mi" | "MiB" => 1 << 20,
+        "MB" => 1_000_000,
+        "G" | "Gi" | "GiB" => 1 << 30,
+        "GB" => 1_000_000_000,
+        "T" | "Ti" | "TiB" => 1 << 40,
+        "TB" => 1_000_000_000_000,
+        other => return Err(format!("invalid size '{s}': unknown unit '{other}'")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("invalid size '{s}': too large"))
 }
 
 impl Default for Config {
@@ -93,6 +172,9 @@ impl Default for Config {
             tls_ca: None,
             tls_verify_peer: false,
             tls_fail_if_no_peer_cert: false,
+            memory_high_watermark: ResourceLimit::Relative(0.4),
+            disk_free_limit: ResourceLimit::Absolute(50_000_000),
+            auth_failure_delay: 1000,
         }
     }
 }
@@ -277,5 +359,33 @@ mod tests {
         let cfg = Config::from_file(&path).expect("etc/warrenmq.toml parses");
         cfg.validate().expect("etc/warrenmq.toml is valid");
         assert_eq!(cfg.amqp_addr, Config::default().amqp_addr);
+        assert_eq!(
+            cfg.memory_high_watermark,
+            Config::default().memory_high_watermark
+        );
+        assert_eq!(cfg.disk_free_limit, Config::default().disk_free_limit);
+    }
+
+    #[test]
+    fn limits_parse_as_rabbitmq_writes_them() {
+        let parse = |v: &str| -> Config {
+            toml::from_str(&format!("memory_high_watermark = {v}")).expect(v)
+        };
+        assert_eq!(
+            parse("0.4").memory_high_watermark,
+            ResourceLimit::Relative(0.4)
+        );
+        assert_eq!(parse("1").memory_high_watermark, ResourceLimit::Absolute(1));
+        assert_eq!(
+            parse("\"512MiB\"").memory_high_watermark,
+            ResourceLimit::Absolute(512 << 20)
+        );
+        assert_eq!(
+            parse("\"2GB\"").memory_high_watermark,
+            ResourceLimit::Absolute(2_000_000_000)
+        );
+        assert!(toml::from_str::<Config>("memory_high_watermark = \"2 parsecs\"").is_err());
+        assert!(toml::from_str::<Config>("disk_free_limit = -1.0").is_err());
+        assert_eq!(ResourceLimit::Relative(0.5).bytes(1000), 500);
     }
 }

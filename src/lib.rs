@@ -7,8 +7,11 @@
 //! - `protocol`   — wire codec: frame reading with limits, hand-encoded hot frames, table checks
 //! - `connection` — per-connection task: handshake, read loop, heartbeats, outbound writer
 //! - `channel`    — channel state machine and content assembly; one file per AMQP class
-//! - `broker`     — vhosts, exchanges (one matcher per type), queues, deliveries, messages, policies
-//! - `store`      — durable definitions in sled, recovery, format version
+//! - `broker`     — vhosts, exchanges (one matcher per type, delayed-message holding), queues,
+//!   deliveries, messages, policies, direct reply-to (`reply_to`), resource alarms (memory
+//!   watermark, disk free limit)
+//! - `store`      — durable definitions and delayed messages in sled, persistent messages in
+//!   an append-only segment log (`segments`), recovery, format version
 //! - `auth`       — users, password hashes, tags, permissions and their checks; PLAIN/AMQPLAIN
 //! - `ctl`        — `warrenmq ctl`, the admin client of the management API
 //! - `http`       — management HTTP API, Prometheus metrics, rates, the dashboard

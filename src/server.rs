@@ -122,6 +122,10 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
         started: std::time::Instant::now(),
     });
     crate::http::rates::spawn(broker.clone(), ctx.rates.clone(), rx.clone());
+    tokio::spawn(crate::broker::alarms::run_sampler(
+        broker.alarms.clone(),
+        rx.clone(),
+    ));
     tokio::spawn(crate::http::serve(http_listener, ctx.clone(), rx.clone()));
     tokio::spawn(crate::http::metrics::serve(
         metrics_listener,
@@ -195,8 +199,16 @@ async fn accept_loop(
                         drop(permit);
                     });
                 }
+                // A connection that went away before it was accepted: nothing to wait for.
+                Err(e) if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                ) => {
+                    tracing::debug!(error = %e, "connection aborted before accept");
+                }
                 Err(e) => {
-                    // EMFILE and friends: keep the listener, wait, try again.
+                    // EMFILE, ENFILE, ENOBUFS: keep the listener, wait for descriptors or
+                    // memory to be released, try again. Never stop serving.
                     tracing::warn!(error = %e, "accept failed; backing off {:?}", backoff);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));

@@ -226,3 +226,21 @@ async fn silent_client_is_dropped_after_the_handshake_timeout() {
     r.send_raw(b"AMQ").await;
     assert!(r.read_to_close().await.is_empty());
 }
+
+#[tokio::test]
+async fn stalled_half_frame_is_closed_by_the_heartbeat_timeout() {
+    let b = start_broker().await;
+    let mut r = Raw::open_with(b.addr(), 131_072, 1).await;
+    r.open_channel(1).await;
+    // A body frame announcing 120 000 payload bytes (within frame_max), 100 of them sent,
+    // then silence: the broker holds what arrived, not what was announced, and drops the
+    // connection after two missed heartbeat intervals.
+    let mut bytes = vec![3u8, 0, 1];
+    bytes.extend_from_slice(&120_000u32.to_be_bytes());
+    bytes.extend_from_slice(&[0u8; 100]);
+    r.send_raw(&bytes).await;
+    let rest = r.read_to_close().await;
+    // Only the broker's heartbeats came back before the close.
+    assert!(rest.chunks(8).all(|c| c == [8, 0, 0, 0, 0, 0, 0, 0xCE]));
+    still_serving(&b).await;
+}

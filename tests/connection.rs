@@ -302,3 +302,71 @@ async fn shutdown_sends_connection_forced_320() {
     // After close-ok the socket ends.
     assert!(r.read_to_close().await.is_empty());
 }
+
+/// Start a raw handshake and answer start with `props` and a wrong password.
+async fn raw_wrong_password(b: &TestBroker, props: FieldTable) -> Raw {
+    let mut r = Raw::tcp(b.addr()).await;
+    r.send_raw(b"AMQP\x00\x00\x09\x01").await;
+    match r.recv().await {
+        Some(AMQPFrame::Method(0, AMQPClass::Connection(conn::AMQPMethod::Start(_)))) => {}
+        other => panic!("expected connection.start, got {other:?}"),
+    }
+    r.send(AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(conn::AMQPMethod::StartOk(conn::StartOk {
+            client_properties: props,
+            mechanism: "PLAIN".into(),
+            response: "\0guest\0not-the-password".into(),
+            locale: "en_US".into(),
+        })),
+    ))
+    .await;
+    r
+}
+
+#[tokio::test]
+async fn failed_login_with_authentication_failure_close_gets_rabbitmq_text() {
+    let b = start_broker().await;
+    let mut caps = FieldTable::default();
+    caps.insert(
+        "authentication_failure_close".into(),
+        AMQPValue::Boolean(true),
+    );
+    let mut props = FieldTable::default();
+    props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    let mut r = raw_wrong_password(&b, props).await;
+    match r.recv().await {
+        Some(AMQPFrame::Method(0, AMQPClass::Connection(conn::AMQPMethod::Close(c)))) => {
+            assert_eq!(c.reply_code, 403);
+            assert_eq!(
+                c.reply_text.as_str(),
+                "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. \
+                 For details see the broker logfile."
+            );
+            assert_eq!((c.class_id, c.method_id), (10, 11));
+        }
+        other => panic!("expected connection.close, got {other:?}"),
+    }
+    still_serving(&b).await;
+}
+
+#[tokio::test]
+async fn failed_login_without_the_capability_just_closes_the_socket() {
+    let b = start_broker().await;
+    let mut r = raw_wrong_password(&b, FieldTable::default()).await;
+    assert!(r.read_to_close().await.is_empty());
+    still_serving(&b).await;
+}
+
+#[tokio::test]
+async fn failed_login_is_answered_after_the_configured_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.auth_failure_delay = 300;
+    let b = start_broker_with(cfg, dir).await;
+    let started = Instant::now();
+    let mut r = raw_wrong_password(&b, FieldTable::default()).await;
+    assert!(r.read_to_close().await.is_empty());
+    // A lower bound only: the refusal cannot come before the delay.
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}

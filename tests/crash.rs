@@ -15,7 +15,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const ROUNDS: usize = 20;
+/// Rounds in the normal test command; `CRASH_ROUNDS=200` for a longer run.
+fn rounds() -> usize {
+    std::env::var("CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -75,7 +81,7 @@ async fn kill_9_loses_no_confirmed_message() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = rand::rng();
     let mut total_confirmed = 0usize;
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         let port = free_port();
         let mut child = spawn_broker(dir.path(), port);
         let setup = connect(port).await;

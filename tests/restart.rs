@@ -210,13 +210,13 @@ async fn persistent_messages_survive_restart_transient_ones_do_not() {
     .await
     .unwrap()
     {
-        assert!(
+        got.push((
+            String::from_utf8(m.delivery.data.clone()).unwrap(),
             m.delivery.redelivered,
-            "recovered messages are flagged redelivered"
-        );
-        got.push(String::from_utf8(m.delivery.data.clone()).unwrap());
+        ));
     }
-    assert_eq!(got, vec!["p1", "p3"]);
+    // Only the message delivered before the restart is flagged redelivered.
+    assert_eq!(got, vec![("p1".into(), true), ("p3".into(), false)]);
 }
 
 #[tokio::test]
@@ -307,4 +307,67 @@ async fn committed_persistent_transaction_survives_restart() {
     .unwrap()
     .expect("committed message survived");
     assert_eq!(m.delivery.data, b"committed");
+}
+
+#[tokio::test]
+async fn delivery_counts_of_stored_messages_survive_a_restart() {
+    use lapin::types::AMQPValue;
+    let mut b = start_broker().await;
+    let mut args = FieldTable::default();
+    args.insert("x-delivery-limit".into(), AMQPValue::LongInt(1));
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    {
+        let conn = connect(&b).await;
+        let ch = channel(&conn).await;
+        within(
+            "confirm.select",
+            ch.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await
+        .unwrap();
+        within(
+            "declare",
+            ch.queue_declare("limited".into(), durable, args.clone()),
+        )
+        .await
+        .unwrap();
+        confirm_publish(&ch, "limited", b"poison", true).await;
+        // One delivery returned: within the limit of 1.
+        let m = within(
+            "get",
+            ch.basic_get("limited".into(), BasicGetOptions { no_ack: false }),
+        )
+        .await
+        .unwrap()
+        .expect("message");
+        within("nack", m.delivery.nack(requeue)).await.unwrap();
+        assert_eq!(ready_count(&ch, "limited").await, 1);
+    }
+    b.stop().await;
+    let dir = b.dir;
+    let b = start_broker_with(test_config(dir.path()), dir).await;
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    let m = within(
+        "get",
+        ch.basic_get("limited".into(), BasicGetOptions { no_ack: false }),
+    )
+    .await
+    .unwrap()
+    .expect("recovered");
+    assert!(m.delivery.redelivered);
+    // The second return exceeds the limit only if the first one was remembered.
+    within("nack", m.delivery.nack(requeue)).await.unwrap();
+    assert_eq!(
+        ready_count(&ch, "limited").await,
+        0,
+        "the delivery count before the restart counts towards x-delivery-limit"
+    );
 }

@@ -204,6 +204,9 @@ pub fn dead_letter(vhost: &Arc<VHost>, queue: &Queue, dead: Vec<(QueuedMessage, 
     let mut targets = Vec::new();
     for (qm, reason) in dead {
         let msg = dead_lettered(&qm.msg, queue.name(), reason, dlx, dlrk);
+        if vhost.hold_delayed(&exchange, &msg).is_some() {
+            continue;
+        }
         targets.clear();
         vhost.route(&exchange, &msg, &mut targets);
         for q in targets.drain(..) {

@@ -203,6 +203,7 @@ impl ChannelShared {
         if no_ack {
             queue.forget(&qm);
         } else {
+            queue.mark_delivered(&qm);
             d.unacked.insert(
                 tag,
                 Unacked {
@@ -287,6 +288,7 @@ impl Consumer {
         if self.no_ack {
             queue.forget(&qm);
         } else {
+            queue.mark_delivered(&qm);
             self.unacked.fetch_add(1, Ordering::Relaxed);
             ch.global_unacked.fetch_add(1, Ordering::Relaxed);
             d.unacked.insert(

@@ -103,7 +103,7 @@ pub struct QueuedMessage {
     pub deadline: Option<tokio::time::Instant>,
     /// How many times it was delivered and returned (for x-delivery-limit).
     pub delivery_count: u32,
-    /// A record of it is in the store (persistent message in a durable queue): removed
-    /// when the message leaves the queue for good.
-    pub persisted: bool,
+    /// Where its record is in the message log (persistent message in a durable queue):
+    /// acked there when the message leaves the queue for good.
+    pub stored: Option<crate::store::segments::Loc>,
 }

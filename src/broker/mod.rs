@@ -1,6 +1,7 @@
 //! The broker's shared state: configuration, vhosts, users, the store and the live
 //! connections.
 
+pub mod alarms;
 pub mod args;
 pub mod dead_letter;
 pub mod delivery;
@@ -8,6 +9,7 @@ pub mod exchange;
 pub mod message;
 pub mod policy;
 pub mod queue;
+pub mod reply_to;
 pub mod vhost;
 pub mod vhosts;
 
@@ -28,6 +30,8 @@ pub struct Broker {
     pub store: Option<Arc<Store>>,
     next_conn_id: AtomicU64,
     pub connections: DashMap<u64, Arc<ConnShared>>,
+    /// Memory and disk alarms; `alarms.set` raises or clears one by hand.
+    pub alarms: Arc<alarms::Alarms>,
 }
 
 impl Broker {
@@ -49,6 +53,7 @@ impl Broker {
         }
         store.put_meta("users_initialised", &["done"], &true);
         let broker = Broker {
+            alarms: Arc::new(alarms::Alarms::new(&config)),
             auth: Arc::new(auth),
             config,
             vhosts: DashMap::new(),
@@ -59,6 +64,7 @@ impl Broker {
         for vrec in broker.stored_vhosts()? {
             broker.recover_vhost(&store, vrec)?;
         }
+        broker.recover_messages(&store)?;
         store.start_flusher();
         Ok(Arc::new(broker))
     }
@@ -81,18 +87,9 @@ impl Broker {
                 .exchanges
                 .insert(spec.name.clone(), exchange::Exchange::new(spec));
         }
-        let started = std::time::Instant::now();
-        let mut messages = 0u64;
         for spec in rec.queues {
-            let id = spec.store_id;
             let q = queue::Queue::new(spec, &vhost, Some(store.clone()));
-            if let Some(id) = id {
-                messages += store.recover_messages(id, |qm| q.restore(qm))?;
-            }
             vhost.queues.insert(q.name().to_string(), q);
-        }
-        if messages > 0 {
-            tracing::info!(messages, elapsed = ?started.elapsed(), "recovered persistent messages");
         }
         for b in rec.bindings {
             if let Err(e) = vhost.bind_queue(&b.queue, &b.exchange, &b.routing_key, b.arguments, 0)
@@ -107,6 +104,16 @@ impl Broker {
                 tracing::warn!(source = %b.source, destination = %b.destination, "exchange binding not recovered: {e}");
             }
         }
+        // Bindings are back, so delayed messages that fell due while down can route now.
+        let delayed: Vec<_> = vhost
+            .exchanges
+            .iter()
+            .filter(|x| x.messages_delayed().is_some() && x.spec.durable)
+            .map(|x| x.clone())
+            .collect();
+        for x in delayed {
+            vhost.recover_delayed(&x);
+        }
         tracing::info!(
             exchanges = nx,
             queues = nq,
@@ -115,6 +122,32 @@ impl Broker {
         );
         vhost.apply_policies();
         self.vhosts.insert(name, vhost);
+        Ok(())
+    }
+
+    /// Put every stored message back into its queue: one pass over the message log, in
+    /// publish order. Records of queues that no longer exist are dropped.
+    fn recover_messages(&self, store: &Arc<Store>) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let mut by_id: std::collections::HashMap<u64, Arc<queue::Queue>> =
+            std::collections::HashMap::new();
+        for v in self.vhosts.iter() {
+            for q in v.queues.iter() {
+                if let Some(id) = q.spec.store_id {
+                    by_id.insert(id, q.clone());
+                }
+            }
+        }
+        let messages = store.recover_messages(|id, qm| match by_id.get(&id) {
+            Some(q) => {
+                q.restore(qm);
+                true
+            }
+            None => false,
+        })?;
+        if messages > 0 {
+            tracing::info!(messages, elapsed = ?started.elapsed(), "recovered persistent messages");
+        }
         Ok(())
     }
 

@@ -16,6 +16,8 @@ pub struct VHost {
     pub queues: DashMap<String, Arc<Queue>>,
     /// Description, tags and policies, set through management.
     pub settings: parking_lot::RwLock<super::vhosts::VhostSettings>,
+    /// Live direct reply-to consumers by their full `amq.rabbitmq.reply-to.<token>` name.
+    pub reply_consumers: DashMap<String, Arc<super::reply_to::ReplyConsumer>>,
     store: Option<Arc<Store>>,
 }
 
@@ -38,6 +40,7 @@ impl VHost {
             exchanges: DashMap::new(),
             queues: DashMap::new(),
             settings: Default::default(),
+            reply_consumers: DashMap::new(),
             store,
         };
         let builtin: &[(&str, ExchangeType, bool)] = &[
@@ -63,6 +66,11 @@ impl VHost {
             );
         }
         Arc::new(vhost)
+    }
+
+    /// The store, if this vhost persists anything.
+    pub(crate) fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
     }
 
     fn no_exchange(&self, name: &str) -> AmqpError {
@@ -132,7 +140,12 @@ impl VHost {
             dashmap::mapref::entry::Entry::Occupied(e) => {
                 let old = &e.get().spec;
                 let field = if old.kind != spec.kind {
-                    Some("type")
+                    match (old.kind, spec.kind) {
+                        (ExchangeType::Delayed(_), ExchangeType::Delayed(_)) => {
+                            Some("x-delayed-type")
+                        }
+                        _ => Some("type"),
+                    }
                 } else if old.durable != spec.durable {
                     Some("durable")
                 } else if old.auto_delete != spec.auto_delete {
@@ -226,6 +239,10 @@ impl VHost {
         if ex.spec.durable {
             if let Some(store) = &self.store {
                 store.remove_exchange(&self.name, ex.name());
+                // Messages it held go with it.
+                if ex.messages_delayed().is_some() {
+                    store.remove_all_delayed(&self.name, Some(ex.name()));
+                }
             }
         }
     }

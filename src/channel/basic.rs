@@ -6,6 +6,7 @@ use crate::broker::args;
 use crate::broker::delivery::{Consumer, Unacked};
 use crate::broker::message::{parse_expiration, Message, QueuedMessage};
 use crate::broker::queue::{Enqueued, Queue};
+use crate::broker::reply_to::{ReplyConsumer, REPLY_TO, REPLY_TO_PREFIX};
 use crate::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::protocol::{encode, short, AMQPClass, BasicProperties};
 use amq_protocol::protocol::basic::{self as b, AMQPMethod};
@@ -31,7 +32,11 @@ impl Channel {
             AMQPMethod::Consume(c) => self.consume(ctx, c),
             AMQPMethod::Cancel(c) => {
                 let tag = c.consumer_tag.as_str();
-                if let Some((consumer, queue)) = self.consumers.remove(tag) {
+                if self.reply.as_ref().is_some_and(|r| r.tag == tag) {
+                    if let Some(r) = self.reply.take() {
+                        ctx.vhost.reply_consumers.remove(&r.name);
+                    }
+                } else if let Some((consumer, queue)) = self.consumers.remove(tag) {
                     if queue.remove_consumer(&consumer) {
                         ctx.vhost.remove_queue(&queue);
                     }
@@ -120,6 +125,9 @@ impl Channel {
     }
 
     fn consume(&mut self, ctx: &ChannelCtx<'_>, c: b::Consume) -> AmqpResult<()> {
+        if c.queue.as_str() == REPLY_TO {
+            return self.consume_replies(ctx, c);
+        }
         let name = self.queue_name(c.queue.as_str())?;
         ctx.access.read_queue(&name)?;
         let queue = ctx.vhost.queue(&name, ctx.conn.id)?;
@@ -128,13 +136,7 @@ impl Channel {
         } else {
             c.consumer_tag.as_str().to_string()
         };
-        if let Some((existing, _)) = self.consumers.get(&tag) {
-            if existing.active.load(Ordering::Acquire) {
-                return Err(AmqpError::not_allowed(format!(
-                    "attempt to reuse consumer tag '{tag}'"
-                )));
-            }
-        }
+        self.check_tag_free(&tag)?;
         if self.consumers.len() >= ctx.broker.config.max_consumers_per_channel {
             return Err(AmqpError::new(
                 ReplyCode::ResourceError,
@@ -197,6 +199,68 @@ impl Channel {
         Ok(())
     }
 
+    /// 530 if `tag` names a live consumer of this channel (its reply consumer included).
+    fn check_tag_free(&self, tag: &str) -> AmqpResult<()> {
+        let in_use = self
+            .consumers
+            .get(tag)
+            .is_some_and(|(c, _)| c.active.load(Ordering::Acquire))
+            || self.reply.as_ref().is_some_and(|r| r.tag == tag);
+        if in_use {
+            return Err(AmqpError::not_allowed(format!(
+                "attempt to reuse consumer tag '{tag}'"
+            )));
+        }
+        Ok(())
+    }
+
+    /// basic.consume from `amq.rabbitmq.reply-to`: the channel's one reply consumer, no-ack
+    /// only (replies are never stored, so there is nothing to acknowledge or redeliver).
+    fn consume_replies(&mut self, ctx: &ChannelCtx<'_>, c: b::Consume) -> AmqpResult<()> {
+        if !c.no_ack {
+            return Err(AmqpError::precondition("reply consumer cannot acknowledge"));
+        }
+        if self.reply.is_some() {
+            return Err(AmqpError::precondition("reply consumer already set"));
+        }
+        let tag = if c.consumer_tag.as_str().is_empty() {
+            super::queue::generated_name("amq.ctag-")
+        } else {
+            c.consumer_tag.as_str().to_string()
+        };
+        self.check_tag_free(&tag)?;
+        let reply = ReplyConsumer::new(tag.clone(), self.shared.clone());
+        ctx.vhost
+            .reply_consumers
+            .insert(reply.name.clone(), reply.clone());
+        self.reply = Some(reply);
+        if !c.nowait {
+            self.send(
+                ctx,
+                AMQPClass::Basic(AMQPMethod::ConsumeOk(b::ConsumeOk {
+                    consumer_tag: short(&tag),
+                })),
+            );
+        }
+        Ok(())
+    }
+
+    /// A request with `reply_to = amq.rabbitmq.reply-to` gets this channel's reply-to name
+    /// instead (properties re-encoded); without a reply consumer it is a 406. Other
+    /// messages are left as they came (None).
+    fn rewrite_reply_to(
+        &self,
+        properties: &BasicProperties,
+    ) -> AmqpResult<Option<BasicProperties>> {
+        if properties.reply_to().as_ref().map(|r| r.as_str()) != Some(REPLY_TO) {
+            return Ok(None);
+        }
+        let Some(reply) = &self.reply else {
+            return Err(AmqpError::precondition("fast reply consumer does not exist").at(60, 40));
+        };
+        Ok(Some(properties.clone().with_reply_to(short(&reply.name))))
+    }
+
     /// A complete message arrived: route it, deliver it, and account for confirms.
     pub(super) fn publish(
         &mut self,
@@ -239,13 +303,21 @@ impl Channel {
                 }
             }
         }
-        let msg = Message::from_wire(
-            publish.exchange.clone(),
-            publish.routing_key.clone(),
-            properties,
-            raw_properties,
-            body,
-        );
+        let msg = match self.rewrite_reply_to(&properties)? {
+            Some(rewritten) => Message::new(
+                publish.exchange.clone(),
+                publish.routing_key.clone(),
+                rewritten,
+                body,
+            ),
+            None => Message::from_wire(
+                publish.exchange.clone(),
+                publish.routing_key.clone(),
+                properties,
+                raw_properties,
+                body,
+            ),
+        };
         if let Mode::Tx { publishes, .. } = &mut self.mode {
             publishes.push(TxPublish { publish, msg });
             return Ok(());
@@ -276,6 +348,17 @@ impl Channel {
         publish: &PendingPublish,
         mut msg: Arc<Message>,
     ) -> Routed {
+        if exchange.name().is_empty() && publish.routing_key.starts_with(REPLY_TO_PREFIX) {
+            return self.deliver_reply(ctx, publish, &msg);
+        }
+        if let Some(held) = ctx.vhost.hold_delayed(exchange, &msg) {
+            // Routed when the delay ends; as in the plugin, never returned now.
+            ctx.conn.published.fetch_add(1, Ordering::Relaxed);
+            return Routed {
+                rejected: false,
+                persisted: held.persisted,
+            };
+        }
         // The routing result buffer is reused across publishes to avoid an allocation each.
         let mut queues = std::mem::take(&mut self.route_buf);
         ctx.conn.published.fetch_add(1, Ordering::Relaxed);
@@ -298,22 +381,54 @@ impl Channel {
         }
         self.route_buf = queues;
         if !delivered && publish.mandatory {
-            let (id, frame_max) = (self.id(), ctx.conn.frame_max());
-            ctx.conn.out.write(|buf| {
-                encode::basic_return(
-                    buf,
-                    id,
-                    frame_max,
-                    ReplyCode::NoRoute as u16,
-                    "NO_ROUTE",
-                    &msg.content(),
-                )
-            });
+            self.return_unroutable(ctx, &msg);
         }
         Routed {
             rejected,
             persisted,
         }
+    }
+
+    /// A reply (default exchange, `amq.rabbitmq.reply-to.<token>` key) goes straight to the
+    /// requester's reply consumer, and counts as routed. A dead or unknown token drops it,
+    /// returned if mandatory.
+    fn deliver_reply(
+        &mut self,
+        ctx: &ChannelCtx<'_>,
+        publish: &PendingPublish,
+        msg: &Message,
+    ) -> Routed {
+        ctx.conn.published.fetch_add(1, Ordering::Relaxed);
+        let target = ctx
+            .vhost
+            .reply_consumers
+            .get(&publish.routing_key)
+            .map(|r| r.clone());
+        let delivered = target.is_some_and(|r| r.deliver(msg));
+        if !delivered {
+            tracing::debug!(reply_to = %publish.routing_key, "reply to a dead reply-to name dropped");
+            if publish.mandatory {
+                self.return_unroutable(ctx, msg);
+            }
+        }
+        Routed {
+            rejected: false,
+            persisted: false,
+        }
+    }
+
+    fn return_unroutable(&self, ctx: &ChannelCtx<'_>, msg: &Message) {
+        let (id, frame_max) = (self.id(), ctx.conn.frame_max());
+        ctx.conn.out.write(|buf| {
+            encode::basic_return(
+                buf,
+                id,
+                frame_max,
+                ReplyCode::NoRoute as u16,
+                "NO_ROUTE",
+                &msg.content(),
+            )
+        });
     }
 }
 

@@ -21,7 +21,7 @@ impl Channel {
                     // Passive declares do not look at the type.
                     ExchangeType::Direct
                 } else {
-                    ExchangeType::parse(d.kind.as_str())?
+                    ExchangeType::declared(d.kind.as_str(), &d.arguments)?
                 };
                 ctx.vhost.declare_exchange(
                     ExchangeSpec {

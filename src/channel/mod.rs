@@ -7,6 +7,8 @@ pub mod content;
 mod exchange;
 mod queue;
 
+pub use queue::generated_name;
+
 use crate::broker::delivery::{ChannelShared, Consumer, Unacked};
 use crate::broker::message::QueuedMessage;
 use crate::broker::queue::Queue;
@@ -105,6 +107,8 @@ pub struct Channel {
     route_buf: Vec<Arc<Queue>>,
     /// tx.commit-ok held until the store has flushed this write epoch.
     pub deferred_commit: Option<u64>,
+    /// The direct reply-to consumer, if this channel has one (at most one per channel).
+    reply: Option<Arc<crate::broker::reply_to::ReplyConsumer>>,
 }
 
 impl Channel {
@@ -119,6 +123,7 @@ impl Channel {
             mode: Mode::Normal,
             route_buf: Vec::new(),
             deferred_commit: None,
+            reply: None,
         }
     }
 
@@ -327,6 +332,10 @@ impl Channel {
     /// consumers, requeue what it had unacked, and auto-delete queues that lost their last
     /// consumer.
     pub fn release(&mut self, vhost: &VHost) {
+        // Its reply-to name dies with the channel: later replies to it are dropped.
+        if let Some(r) = self.reply.take() {
+            vhost.reply_consumers.remove(&r.name);
+        }
         let auto_deletes = self.release_delivery_state();
         for q in auto_deletes {
             vhost.remove_queue(&q);

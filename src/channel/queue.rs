@@ -1,6 +1,7 @@
 //! queue.* methods.
 
 use super::{Channel, ChannelCtx};
+use crate::broker::reply_to::{REPLY_TO, REPLY_TO_PREFIX};
 use crate::broker::vhost::QueueDeclare;
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::{short, AMQPClass};
@@ -17,6 +18,25 @@ pub fn generated_name(prefix: &str) -> String {
     format!("{prefix}{tail}")
 }
 
+/// Is `name` the direct reply-to pseudo-queue or a live reply-to name? A dead reply-to
+/// name is a 404, as for any missing queue.
+fn is_reply_to_name(ctx: &ChannelCtx<'_>, name: &str) -> AmqpResult<bool> {
+    if name == REPLY_TO {
+        return Ok(true);
+    }
+    if !name.starts_with(REPLY_TO_PREFIX) {
+        return Ok(false);
+    }
+    if ctx.vhost.reply_consumers.contains_key(name) {
+        Ok(true)
+    } else {
+        Err(AmqpError::not_found(format!(
+            "no queue '{name}' in vhost '{}'",
+            ctx.vhost.name
+        )))
+    }
+}
+
 impl Channel {
     pub(super) fn queue_method(&mut self, ctx: &ChannelCtx<'_>, m: AMQPMethod) -> AmqpResult<()> {
         let conn_id = ctx.conn.id;
@@ -29,6 +49,20 @@ impl Channel {
                     self.queue_name(d.queue.as_str())?
                 };
                 ctx.access.queue_declare(&name, d.passive, &d.arguments)?;
+                if d.passive && is_reply_to_name(ctx, &name)? {
+                    // The pseudo-queue (and a live reply-to name) always exists, empty.
+                    if !d.nowait {
+                        self.send(
+                            ctx,
+                            AMQPClass::Queue(AMQPMethod::DeclareOk(q::DeclareOk {
+                                queue: short(&name),
+                                message_count: 0,
+                                consumer_count: 0,
+                            })),
+                        );
+                    }
+                    return Ok(());
+                }
                 let (queue, _created) = ctx.vhost.declare_queue(
                     QueueDeclare {
                         name: name.clone(),

@@ -165,21 +165,31 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         );
         match auth {
             Ok(user) => self.user = user,
+            Err(AuthError::UnknownMechanism(m)) => {
+                // As RabbitMQ: a protocol error, not a refused login.
+                return Err(AmqpError::command_invalid(format!(
+                    "unknown authentication mechanism '{m}'"
+                ))
+                .at(10, 11));
+            }
             Err(e) => {
-                let text = match e {
-                    AuthError::UnknownMechanism(m) => {
-                        format!("unsupported authentication mechanism '{m}'")
-                    }
-                    AuthError::Malformed(why) => {
-                        format!("malformed authentication response: {why}")
-                    }
+                // The reason goes to the log only (never the password); the client learns
+                // no more than RabbitMQ tells it.
+                let why = match e {
+                    AuthError::Malformed(why) => format!("malformed response: {why}"),
                     AuthError::Refused(why) => why,
+                    AuthError::UnknownMechanism(m) => format!("unknown mechanism '{m}'"),
                 };
-                tracing::warn!(peer = %self.shared.peer, "authentication failed: {text}");
-                // A short pause slows down password guessing.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let mechanism = start_ok.mechanism.as_str();
+                tracing::warn!(peer = %self.shared.peer, mechanism, "login refused: {why}");
+                // A pause before answering makes password guessing slow.
+                let delay = Duration::from_millis(self.broker.config.auth_failure_delay);
+                tokio::time::sleep(delay).await;
                 if failure_close {
-                    return Err(AmqpError::access_refused(text).at(10, 11));
+                    return Err(AmqpError::access_refused(format!(
+                        "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+                    ))
+                    .at(10, 11));
                 }
                 return Ok(false);
             }

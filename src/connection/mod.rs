@@ -47,6 +47,8 @@ pub struct ConnShared {
     pub channels: parking_lot::Mutex<BTreeMap<u16, Arc<ChannelShared>>>,
     /// Messages published on this connection (overall publish rate).
     pub published: AtomicU64,
+    /// Reads are paused by a resource alarm (shown as state `blocked`).
+    pub blocked: AtomicBool,
     /// A close asked for from outside (management, vhost deletion): its reason.
     kill_reason: parking_lot::Mutex<Option<String>>,
     kill: Notify,
@@ -84,6 +86,7 @@ impl ConnShared {
             }),
             channels: parking_lot::Mutex::new(BTreeMap::new()),
             published: AtomicU64::new(0),
+            blocked: AtomicBool::new(false),
             kill_reason: parking_lot::Mutex::new(None),
             kill: Notify::new(),
         })
@@ -144,6 +147,26 @@ pub(crate) struct Connection<R> {
     channels: HashMap<u16, Channel>,
     /// The store's flushed write epoch: wakes the connection to send held confirms.
     flushed: Option<watch::Receiver<u64>>,
+}
+
+/// Where a connection is in an alarm episode.
+#[derive(Debug, Default)]
+struct Throttle {
+    /// Socket reads are paused until every alarm has cleared.
+    blocked: bool,
+    /// connection.blocked went out this episode, so connection.unblocked must follow.
+    notified: bool,
+}
+
+fn is_publish(frame: &InFrame) -> bool {
+    matches!(
+        frame,
+        InFrame::Method {
+            class_id: 60,
+            method_id: 40,
+            ..
+        }
+    )
 }
 
 /// Resolves when the flushed epoch moves (never, without a store).
@@ -243,15 +266,26 @@ impl<R: AsyncRead + Unpin> Connection<R> {
 
     async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Exit {
         let shared = self.shared.clone();
+        let mut alarms = self.broker.alarms.subscribe();
+        let mut throttle = Throttle::default();
         loop {
             // Handle every complete frame already buffered, then flush batched confirms.
             loop {
                 match read_frame(&mut self.buf, self.limits) {
-                    Ok(Some(frame)) => match self.handle_frame(frame) {
-                        Ok(true) => {}
-                        Ok(false) => return Exit::ClosedByClient,
-                        Err(e) => return Exit::Error(e),
-                    },
+                    Ok(Some(frame)) => {
+                        let publish = is_publish(&frame);
+                        match self.handle_frame(frame) {
+                            Ok(true) => {}
+                            Ok(false) => return Exit::ClosedByClient,
+                            Err(e) => return Exit::Error(e),
+                        }
+                        // As RabbitMQ: a connection is blocked when it publishes during an
+                        // alarm; consumers-only connections keep reading (acks drain queues).
+                        let state = *alarms.borrow_and_update();
+                        if publish && !throttle.blocked && state.any() {
+                            self.block(&mut throttle, &state.reason());
+                        }
+                    }
                     Ok(None) => break,
                     Err(fe) => return Exit::Error(fe.error),
                 }
@@ -268,7 +302,9 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             let awaiting_flush = self.channels.values().any(|c| c.awaiting_flush());
             let mut flushed = self.flushed.take();
             tokio::select! {
-                r = self.fill() => match r {
+                // Not read while blocked: the publisher stalls on TCP backpressure, and the
+                // heartbeat timeout (which lives in `fill`) is suspended meanwhile.
+                r = self.fill(), if !throttle.blocked => match r {
                     Ok(true) => {}
                     Ok(false) => return Exit::Gone,
                     Err(e) => return Exit::Error(e),
@@ -280,6 +316,11 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     return Exit::Error(AmqpError::new(ReplyCode::ConnectionForced, reason));
                 }
                 _ = flushed_changed(&mut flushed), if awaiting_flush => {}
+                changed = alarms.changed(), if throttle.blocked => {
+                    if changed.is_err() || !alarms.borrow_and_update().any() {
+                        self.unblock(&mut throttle);
+                    }
+                }
                 _ = tokio::time::sleep(tick.unwrap_or(Duration::MAX)), if tick.is_some() => {
                     if let Err(e) = self.check_ack_timeouts() {
                         return Exit::Error(e);
@@ -288,6 +329,35 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             }
             self.flushed = flushed;
         }
+    }
+
+    /// Pause reads for this alarm episode, telling the client once if it asked to be told.
+    fn block(&self, throttle: &mut Throttle, reason: &str) {
+        throttle.blocked = true;
+        self.shared.blocked.store(true, Ordering::Relaxed);
+        if !throttle.notified && self.shared.caps.connection_blocked.load(Ordering::Relaxed) {
+            self.shared.send(
+                0,
+                AMQPClass::Connection(conn::AMQPMethod::Blocked(conn::Blocked {
+                    reason: short(reason),
+                })),
+            );
+            throttle.notified = true;
+        }
+        tracing::info!(peer = %self.shared.peer, reason, "connection blocked by a resource alarm");
+    }
+
+    /// Every alarm cleared: resume reads, and send connection.unblocked if blocked was sent.
+    fn unblock(&self, throttle: &mut Throttle) {
+        if throttle.notified {
+            self.shared.send(
+                0,
+                AMQPClass::Connection(conn::AMQPMethod::Unblocked(conn::Unblocked {})),
+            );
+        }
+        *throttle = Throttle::default();
+        self.shared.blocked.store(false, Ordering::Relaxed);
+        tracing::info!(peer = %self.shared.peer, "connection unblocked");
     }
 
     /// Send what waited for the store: tx.commit-ok once its messages are flushed, and the

@@ -45,7 +45,7 @@ fn connection_json(ctx: &Ctx, c: &ConnShared) -> Value {
         "vhost": info.vhost,
         "user": info.user,
         "user_who_performed_action": info.user,
-        "state": "running",
+        "state": if c.blocked.load(Ordering::Relaxed) { "blocked" } else { "running" },
         "type": "network",
         "protocol": "AMQP 0-9-1",
         "auth_mechanism": info.auth_mechanism,

@@ -265,14 +265,15 @@ pub fn import(ctx: &Ctx, defs: &Value, only: Option<&str>) -> Result<(), String>
         if name.is_empty() || name.starts_with("amq.") {
             continue;
         }
+        let arguments = json_to_table(x.get("arguments"))?;
         v.declare_exchange(
             ExchangeSpec {
                 name: name.to_string(),
-                kind: ExchangeType::parse(text(x, "type")?).map_err(|e| e.text)?,
+                kind: ExchangeType::declared(text(x, "type")?, &arguments).map_err(|e| e.text)?,
                 durable: flag(x, "durable", true),
                 auto_delete: flag(x, "auto_delete", false),
                 internal: flag(x, "internal", false),
-                arguments: json_to_table(x.get("arguments"))?,
+                arguments,
             },
             false,
         )

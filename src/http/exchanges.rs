@@ -60,6 +60,9 @@ pub fn exchange_json(v: &VHost, e: &Exchange) -> Value {
         "arguments": table_to_json(&e.spec.arguments),
         "user_who_performed_action": "",
     });
+    if let Some(n) = e.messages_delayed() {
+        j["messages_delayed"] = json!(n);
+    }
     if let Some(p) = v.policy_name(e.name(), false) {
         j["policy"] = json!(p);
     }
@@ -131,8 +134,9 @@ async fn declare(
     let kind = body
         .str("type")
         .ok_or_else(|| ApiError::bad_request("type is required"))?;
-    let kind = ExchangeType::parse(kind).map_err(|e| ApiError::bad_request(e.text))?;
     let arguments = json_to_table(body.0.get("arguments")).map_err(ApiError::bad_request)?;
+    let kind =
+        ExchangeType::declared(kind, &arguments).map_err(|e| ApiError::bad_request(e.text))?;
     for (perm, k, res) in exchange_declare_needs(&name, &arguments) {
         user.check(&ctx, &vhost, perm, k, &res)?;
     }
@@ -249,6 +253,9 @@ async fn publish(
     }
     crate::broker::message::parse_expiration(&properties).map_err(ApiError::bad_request)?;
     let mut msg = Message::new(name.to_string(), routing_key, properties, payload.into());
+    if v.hold_delayed(&e, &msg).is_some() {
+        return Ok(Json(json!({"routed": true})));
+    }
     let mut queues = Vec::new();
     v.route_publish(&e, &mut msg, &mut queues);
     let mut routed = false;

@@ -15,35 +15,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Resident set size from /proc/self/statm (0 where that is not available).
-pub fn rss_bytes() -> u64 {
-    let Ok(s) = std::fs::read_to_string("/proc/self/statm") else {
-        return 0;
-    };
-    let pages: u64 = s
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages * page.max(0) as u64
-}
+pub use crate::broker::alarms::rss_bytes;
 
-/// Bytes available to this process on the file system holding `path`.
+/// Bytes available on the file system holding `path` (0 when it cannot be read).
 pub fn disk_free(path: &Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return 0;
-    };
-    // SAFETY: statvfs writes into the zeroed struct; `c` is a valid NUL-terminated path.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
-            return 0;
-        }
-        st.f_bavail as u64 * st.f_frsize as u64
-    }
+    crate::broker::alarms::disk_free(path).unwrap_or(0)
 }
 
 /// A Prometheus label value: backslash, double quote and newline escaped.
@@ -167,7 +143,8 @@ pub fn render(ctx: &Ctx) -> String {
         .map(|c| c.channels.lock().len())
         .sum();
     let consumers: u64 = rows.iter().map(|r| r.consumers as u64).sum();
-    let globals: [(&str, &str, &str, u64); 12] = [
+    let alarms = broker.alarms.state();
+    let globals: [(&str, &str, &str, u64); 16] = [
         (
             "connections",
             "gauge",
@@ -223,6 +200,30 @@ pub fn render(ctx: &Ctx) -> String {
             "gauge",
             "Free disk space where the data dir is.",
             disk_free(&broker.config.data_dir),
+        ),
+        (
+            "resident_memory_limit_bytes",
+            "gauge",
+            "Memory high watermark: above it the memory alarm is set.",
+            broker.alarms.memory_limit(),
+        ),
+        (
+            "disk_space_available_limit_bytes",
+            "gauge",
+            "Disk free limit: below it the disk alarm is set.",
+            broker.alarms.disk_free_limit(),
+        ),
+        (
+            "alarms_memory_used_watermark",
+            "gauge",
+            "1 while the memory alarm is in effect.",
+            alarms.memory as u64,
+        ),
+        (
+            "alarms_free_disk_space_watermark",
+            "gauge",
+            "1 while the disk alarm is in effect.",
+            alarms.disk as u64,
         ),
         (
             "process_uptime_seconds",

@@ -25,8 +25,8 @@ pub fn routes() -> Router<Arc<Ctx>> {
             "/api/extensions",
             get(|_: Authed| async { Json(json!([])) }),
         )
-        .route("/api/health/checks/alarms", get(ok))
-        .route("/api/health/checks/local-alarms", get(ok))
+        .route("/api/health/checks/alarms", get(alarms))
+        .route("/api/health/checks/local-alarms", get(local_alarms))
         .route("/api/health/checks/virtual-hosts", get(ok))
         .route(
             "/api/health/checks/port-listener/{port}",
@@ -118,15 +118,19 @@ async fn overview(axum::extract::State(ctx): State, user: Authed) -> Json<Value>
 }
 
 fn node_json(ctx: &Ctx) -> Value {
+    let alarms = &ctx.broker.alarms;
+    let state = alarms.state();
     json!({
         "name": ctx.node,
         "type": "disc",
         "running": true,
         "os_pid": std::process::id().to_string(),
         "mem_used": metrics::rss_bytes(),
-        "mem_alarm": false,
+        "mem_limit": alarms.memory_limit(),
+        "mem_alarm": state.memory,
         "disk_free": metrics::disk_free(&ctx.broker.config.data_dir),
-        "disk_free_alarm": false,
+        "disk_free_limit": alarms.disk_free_limit(),
+        "disk_free_alarm": state.disk,
         "uptime": ctx.started.elapsed().as_millis() as u64,
         "processors": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "run_queue": 0,
@@ -159,6 +163,32 @@ async fn whoami(user: Authed) -> Json<Value> {
 
 async fn ok(_: Authed) -> Json<Value> {
     Json(json!({"status": "ok"}))
+}
+
+/// 200 while no alarm is in effect; 503 with the alarms listed, as RabbitMQ answers.
+fn alarm_check(ctx: &Ctx, reason: &str) -> Response {
+    let state = ctx.broker.alarms.state();
+    if !state.any() {
+        return Json(json!({"status": "ok"})).into_response();
+    }
+    let alarms: Vec<Value> = state
+        .resources()
+        .into_iter()
+        .map(|r| json!({"resource": r.name(), "node": ctx.node}))
+        .collect();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "failed", "reason": reason, "alarms": alarms})),
+    )
+        .into_response()
+}
+
+async fn alarms(axum::extract::State(ctx): State, _: Authed) -> Response {
+    alarm_check(&ctx, "There are alarms in effect in the cluster")
+}
+
+async fn local_alarms(axum::extract::State(ctx): State, _: Authed) -> Response {
+    alarm_check(&ctx, "There are alarms in effect on the node")
 }
 
 async fn port_listener(

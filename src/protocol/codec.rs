@@ -119,6 +119,9 @@ pub struct ReadLimits {
     pub max_table_depth: usize,
 }
 
+/// How much buffer room is made ahead of a read while a frame is incomplete.
+pub const READ_CHUNK: usize = 64 * 1024;
+
 /// Try to take one frame from the front of `buf`. `Ok(None)` means "read more".
 pub fn read_frame(buf: &mut BytesMut, limits: ReadLimits) -> Result<Option<InFrame>, FrameError> {
     if buf.len() < 7 {
@@ -149,7 +152,9 @@ pub fn read_frame(buf: &mut BytesMut, limits: ReadLimits) -> Result<Option<InFra
         ));
     }
     if buf.len() < 7 + size + 1 {
-        buf.reserve(7 + size + 1 - buf.len());
+        // Room for the next read only, not for the declared size: a peer that announces a
+        // big frame and stalls costs what it sent, not what it promised.
+        buf.reserve((7 + size + 1 - buf.len()).min(READ_CHUNK));
         return Ok(None);
     }
     if buf[7 + size] != FRAME_END {
@@ -291,6 +296,18 @@ mod tests {
             }) => assert_eq!(&payload[..], b"abcd"),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn announced_size_is_not_preallocated() {
+        // A 64 MB body frame announced with no frame_max limit, then a few bytes.
+        let unlimited = ReadLimits {
+            frame_max: 0,
+            ..LIMITS
+        };
+        let mut buf = BytesMut::from(&[3u8, 0, 1, 4, 0, 0, 0, 1, 2, 3][..]);
+        assert!(read_frame(&mut buf, unlimited).unwrap().is_none());
+        assert!(buf.capacity() <= 2 * READ_CHUNK, "{}", buf.capacity());
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! Persistent messages in sled: one record per (queue, seq), written when a persistent
-//! message enters a durable queue and removed when it leaves for good. Publisher confirms
-//! wait for a flush; one flusher task batches every write made meanwhile (group commit).
+//! Persistent messages: the record format, and the store's side of the message log
+//! (segments.rs): append on publish, ack when a message leaves for good, recovery, and the
+//! flusher that syncs each round (group commit). Publisher confirms and tx commit-ok wait
+//! until the round that covers their writes is synced.
 
+use super::segments::Loc;
 use super::{Store, StoreError};
 use crate::broker::message::{Message, QueuedMessage};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,14 +14,7 @@ use tokio::time::Instant;
 
 const RECORD_VERSION: u8 = 1;
 
-fn msg_key(queue_id: u64, seq: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&queue_id.to_be_bytes());
-    k[8..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn wall_ms(deadline: Instant) -> u64 {
+pub(super) fn wall_ms(deadline: Instant) -> u64 {
     let now_wall = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -27,7 +22,7 @@ fn wall_ms(deadline: Instant) -> u64 {
     (now_wall + left).as_millis() as u64
 }
 
-fn from_wall_ms(ms: u64) -> Instant {
+pub(super) fn from_wall_ms(ms: u64) -> Instant {
     let now_wall = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -35,7 +30,7 @@ fn from_wall_ms(ms: u64) -> Instant {
     Instant::now() + at.saturating_sub(now_wall)
 }
 
-fn put_short(b: &mut BytesMut, s: &str) {
+fn put_short(b: &mut Vec<u8>, s: &str) {
     let n = s.len().min(255);
     b.put_u8(n as u8);
     b.extend_from_slice(&s.as_bytes()[..n]);
@@ -52,19 +47,23 @@ fn get_short(b: &mut &[u8]) -> Option<String> {
 /// Encode a queued message: version, deadline (wall ms, 0 = none), delivery count,
 /// exchange, routing key, properties (wire encoding), body.
 pub fn encode(qm: &QueuedMessage) -> Vec<u8> {
+    let mut b = Vec::new();
+    encode_into(qm, &mut b);
+    b
+}
+
+/// `encode`, appending to `b` (the log's write buffer).
+pub fn encode_into(qm: &QueuedMessage, b: &mut Vec<u8>) {
     let m = &qm.msg;
-    let mut b = BytesMut::with_capacity(
-        32 + m.exchange.len() + m.routing_key.len() + m.raw_properties.len() + m.body.len(),
-    );
+    b.reserve(32 + m.exchange.len() + m.routing_key.len() + m.raw_properties.len() + m.body.len());
     b.put_u8(RECORD_VERSION);
     b.put_u64(qm.deadline.map(wall_ms).unwrap_or(0));
     b.put_u32(qm.delivery_count);
-    put_short(&mut b, &m.exchange);
-    put_short(&mut b, &m.routing_key);
+    put_short(b, &m.exchange);
+    put_short(b, &m.routing_key);
     b.put_u32(m.raw_properties.len() as u32);
     b.extend_from_slice(&m.raw_properties);
     b.extend_from_slice(&m.body);
-    b.to_vec()
 }
 
 /// Decode a record written by `encode`.
@@ -89,11 +88,11 @@ pub fn decode(seq: u64, raw: &[u8]) -> Option<QueuedMessage> {
     Some(QueuedMessage {
         seq,
         msg: Message::from_wire(exchange, routing_key, properties, raw_properties, body),
-        // It may have been delivered before the restart: say so (at-least-once).
-        redelivered: true,
+        // Set by the caller: recovery knows from the delivery file, paging from the queue.
+        redelivered: false,
         deadline: (deadline_ms != 0).then(|| from_wall_ms(deadline_ms)),
         delivery_count,
-        persisted: true,
+        stored: None,
     })
 }
 
@@ -109,75 +108,132 @@ impl Store {
         }
     }
 
-    /// Write a message record. Returns false (and logs) if it could not be stored: the
-    /// publisher must then not get a positive confirm.
-    pub fn put_message(&self, queue_id: u64, qm: &QueuedMessage) -> bool {
-        match self.msgs.insert(msg_key(queue_id, qm.seq), encode(qm)) {
-            Ok(_) => {
+    /// Append a message to the log. It is durable once the flusher's next round has
+    /// synced it (confirms wait for that through `write_epoch`). None (and a log line) if
+    /// it could not be stored: the publisher must then not get a positive confirm.
+    pub fn put_message(&self, queue_id: u64, qm: &QueuedMessage) -> Option<Loc> {
+        let mut st = self.log.state.lock();
+        let appended = if self.log.fail_appends.load(Ordering::Relaxed) {
+            Err(std::io::Error::other("injected disk fault"))
+        } else {
+            self.log
+                .append(&mut st, queue_id, qm.seq, |buf| encode_into(qm, buf))
+        };
+        match appended {
+            Ok(loc) => {
+                // Under the log lock: a round that covers this epoch has the record.
                 self.write_epoch.fetch_add(1, Ordering::AcqRel);
-                true
+                drop(st);
+                self.flush_wake.notify_one();
+                Some(loc)
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not store a persistent message");
-                false
-            }
-        }
-    }
-
-    pub fn get_message(&self, queue_id: u64, seq: u64) -> Option<QueuedMessage> {
-        match self.msgs.get(msg_key(queue_id, seq)) {
-            Ok(Some(v)) => decode(seq, &v),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::error!(error = %e, "could not read a persistent message");
                 None
             }
         }
     }
 
-    pub fn remove_message(&self, queue_id: u64, seq: u64) {
-        if let Err(e) = self.msgs.remove(msg_key(queue_id, seq)) {
-            tracing::error!(error = %e, "could not remove a persistent message");
+    /// Read a paged-out message back.
+    pub fn get_message(&self, loc: Loc, seq: u64) -> Option<QueuedMessage> {
+        match self.log.read(loc) {
+            Ok(raw) => decode(seq, &raw).map(|mut qm| {
+                qm.stored = Some(loc);
+                qm
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, ?loc, "could not read a persistent message");
+                None
+            }
         }
     }
 
-    /// Remove every message of a queue (purge, delete).
-    pub fn remove_queue_messages(&self, queue_id: u64) {
-        let keys: Vec<sled::IVec> = self
-            .msgs
-            .scan_prefix(queue_id.to_be_bytes())
-            .keys()
-            .filter_map(Result::ok)
-            .collect();
-        for k in keys {
-            let _ = self.msgs.remove(k);
-        }
+    /// A stored message went out unacked: after a restart it comes back flagged
+    /// redelivered, with the deliveries counted. (Written with the next round, not synced
+    /// on its own.)
+    pub fn mark_delivered(&self, loc: Loc) {
+        self.log.state.lock().delivered(loc);
     }
 
-    /// Every stored message of a queue, in seq order, passed to `f`.
+    /// A message left its queue for good: its record is acked.
+    pub fn remove_message(&self, loc: Loc) {
+        self.log.state.lock().remove(loc);
+        self.flush_wake.notify_one();
+    }
+
+    /// Every stored message, oldest first, passed to `f` with its queue id; `f` returns
+    /// false when no queue claims it (the queue was deleted) and the record is dropped.
+    /// Records left by the earlier sled layout are moved into the log on the way.
     pub fn recover_messages(
         &self,
-        queue_id: u64,
-        mut f: impl FnMut(QueuedMessage),
+        mut f: impl FnMut(u64, QueuedMessage) -> bool,
     ) -> Result<u64, StoreError> {
-        let mut n = 0u64;
-        for item in self.msgs.scan_prefix(queue_id.to_be_bytes()) {
+        let mut n =
+            self.log.recover(
+                |loc, queue_id, seq, delivered, raw| match decode(seq, raw) {
+                    Some(mut qm) => {
+                        qm.stored = Some(loc);
+                        // Every delivery before the stop counts as returned.
+                        qm.redelivered = delivered > 0;
+                        qm.delivery_count = qm.delivery_count.max(delivered);
+                        f(queue_id, qm)
+                    }
+                    None => {
+                        tracing::error!(?loc, "undecodable message record dropped");
+                        false
+                    }
+                },
+            )?;
+        let mut legacy = 0u64;
+        for item in self.msgs.iter() {
             let (k, v) = item?;
-            let seq = u64::from_be_bytes(k[8..16].try_into().map_err(|_| StoreError::Corrupt {
-                key: format!("{k:?}"),
-                why: "short message key".into(),
-            })?);
-            let qm = decode(seq, &v).ok_or_else(|| StoreError::Corrupt {
+            let (Some(q), Some(s)) = (k.get(..8), k.get(8..16)) else {
+                continue;
+            };
+            let queue_id = u64::from_be_bytes(q.try_into().unwrap_or_default());
+            let seq = u64::from_be_bytes(s.try_into().unwrap_or_default());
+            let mut qm = decode(seq, &v).ok_or_else(|| StoreError::Corrupt {
                 key: format!("message {queue_id}/{seq}"),
                 why: "undecodable message record".into(),
             })?;
-            f(qm);
-            n += 1;
-            if n.is_multiple_of(100_000) {
-                tracing::info!(queue_id, recovered = n, "recovering messages");
+            let Some(loc) = self.put_message(queue_id, &qm) else {
+                return Err(StoreError::Corrupt {
+                    key: format!("message {queue_id}/{seq}"),
+                    why: "could not move the record into the message log".into(),
+                });
+            };
+            qm.stored = Some(loc);
+            if f(queue_id, qm) {
+                n += 1;
+                legacy += 1;
+            } else {
+                self.remove_message(loc);
             }
         }
+        if legacy > 0 {
+            self.sync_round()
+                .map_err(|e| StoreError::Io(sled::Error::Io(e)))?;
+            self.msgs.clear()?;
+            tracing::info!(
+                messages = legacy,
+                "moved messages from the old layout into the message log"
+            );
+        }
         Ok(n)
+    }
+
+    /// Fault injection for disk-error tests: make appends fail (publishers get
+    /// basic.nack) and/or flusher rounds fail (confirms are held back), as a full disk or
+    /// an I/O error would.
+    pub fn inject_faults(&self, appends: bool, rounds: bool) {
+        self.log.fail_appends.store(appends, Ordering::Relaxed);
+        self.log.fail_rounds.store(rounds, Ordering::Relaxed);
+        self.flush_wake.notify_one();
+    }
+
+    /// Flusher rounds that failed since start (each is retried).
+    pub fn failed_rounds(&self) -> u64 {
+        self.failed_rounds.load(Ordering::Relaxed)
     }
 
     /// Writes made so far (a confirm may go out once `flushed_epoch` reaches it).
@@ -209,8 +265,33 @@ impl Store {
         }
     }
 
-    /// The group-commit loop: one flush covers every write made before it started. The
-    /// task holds the store only while flushing, so dropping the broker closes sled.
+    /// One group-commit round, blocking: write the appended records, sync them, write
+    /// acks, flush definitions if they changed. Returns the epoch it made durable.
+    pub(super) fn sync_round(&self) -> std::io::Result<u64> {
+        let (target, round) = {
+            let mut st = self.log.state.lock();
+            let target = self.write_epoch();
+            (target, self.log.begin_round(&mut st)?)
+        };
+        let defs = self.defs_dirty.swap(false, Ordering::AcqRel);
+        let flushed = self.log.finish_round_or_requeue(round).and_then(|()| {
+            if defs {
+                self.db
+                    .flush()
+                    .map(|_| ())
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            } else {
+                Ok(())
+            }
+        });
+        if flushed.is_err() && defs {
+            self.defs_dirty.store(true, Ordering::Release);
+        }
+        flushed.map(|()| target)
+    }
+
+    /// The group-commit loop: each round covers every write made before it started. The
+    /// task holds the store only while working, so dropping the broker closes it.
     pub fn start_flusher(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         let wake = self.flush_wake.clone();
@@ -218,21 +299,20 @@ impl Store {
             loop {
                 wake.notified().await;
                 let Some(store) = weak.upgrade() else { return };
-                let target = store.write_epoch();
-                if target <= store.flushed_epoch() {
-                    continue;
-                }
-                let db = store.db.clone();
-                match tokio::task::spawn_blocking(move || db.flush()).await {
-                    Ok(Ok(_)) => {
-                        store.flushed.send_replace(target);
-                        // Writes that arrived during the flush wait for the next one.
+                let worker = store.clone();
+                match tokio::task::spawn_blocking(move || worker.sync_round()).await {
+                    Ok(Ok(target)) => {
+                        if target > store.flushed_epoch() {
+                            store.flushed.send_replace(target);
+                        }
+                        // Writes that arrived meanwhile wait for the next round.
                         if store.write_epoch() > target {
                             wake.notify_one();
                         }
                     }
                     Ok(Err(e)) => {
-                        tracing::error!(error = %e, "flushing persistent messages failed; confirms are held back");
+                        store.failed_rounds.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, "writing persistent messages failed; confirms are held back until it succeeds");
                         drop(store);
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         wake.notify_one();
@@ -265,7 +345,7 @@ mod tests {
             redelivered: false,
             deadline: Some(Instant::now() + Duration::from_secs(60)),
             delivery_count: 2,
-            persisted: true,
+            stored: None,
         };
         let back = decode(7, &encode(&qm)).expect("decodes");
         assert_eq!(back.msg.body, qm.msg.body);
@@ -273,7 +353,6 @@ mod tests {
         assert_eq!(back.msg.routing_key, "rk");
         assert_eq!(back.msg.priority(), 3);
         assert_eq!(back.delivery_count, 2);
-        assert!(back.redelivered);
         let left = back
             .deadline
             .unwrap()
@@ -283,5 +362,120 @@ mod tests {
             "{left:?}"
         );
         assert!(decode(7, b"garbage").is_none());
+    }
+
+    fn sample(seq: u64) -> QueuedMessage {
+        QueuedMessage {
+            seq,
+            msg: Message::new(
+                "".into(),
+                "q".into(),
+                BasicProperties::default().with_delivery_mode(2),
+                Bytes::from_static(b"body"),
+            ),
+            redelivered: false,
+            deadline: None,
+            delivery_count: 0,
+            stored: None,
+        }
+    }
+
+    fn recovered(dir: &std::path::Path, keep: impl Fn(u64) -> bool) -> Vec<(u64, u64)> {
+        let store = Store::open(dir, 1 << 20).expect("reopen");
+        let mut got = Vec::new();
+        store
+            .recover_messages(|q, qm| {
+                got.push((q, qm.seq));
+                keep(q)
+            })
+            .expect("recover");
+        got
+    }
+
+    #[test]
+    fn log_records_read_back_before_and_after_their_round() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        let e0 = store.write_epoch();
+        let a = store.put_message(1, &sample(0)).expect("put");
+        let b = store.put_message(1, &sample(1)).expect("put");
+        assert_eq!(store.write_epoch(), e0 + 2, "each put counts for confirms");
+        assert_eq!(store.get_message(a, 0).expect("buffered").msg.body, "body");
+        assert_eq!(store.sync_round().expect("round"), e0 + 2);
+        assert_eq!(store.get_message(b, 1).expect("on file").msg.body, "body");
+        assert_eq!(store.get_message(b, 1).expect("on file").stored, Some(b));
+    }
+
+    #[test]
+    fn acked_and_unclaimed_records_do_not_come_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), 1 << 20).expect("open");
+            let a = store.put_message(1, &sample(0)).expect("put");
+            store.put_message(1, &sample(1)).expect("put");
+            store.put_message(2, &sample(0)).expect("put");
+            store.remove_message(a);
+            // Dropping the store writes what is pending.
+        }
+        // Queue 2 is gone: its record is dropped at recovery.
+        assert_eq!(recovered(dir.path(), |q| q == 1), vec![(1, 1), (2, 0)]);
+        assert_eq!(recovered(dir.path(), |_| true), vec![(1, 1)]);
+    }
+
+    #[test]
+    fn a_torn_tail_is_ignored_and_finished_segments_are_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), 1 << 20).expect("open");
+            store.put_message(7, &sample(3)).expect("put");
+        }
+        let seg = dir.path().join("messages").join("00000001.seg");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&seg)
+            .expect("segment");
+        std::io::Write::write_all(&mut f, &[200, 0, 0, 0, 1, 2, 3]).expect("torn write");
+        drop(f);
+        assert_eq!(recovered(dir.path(), |_| true), vec![(7, 3)]);
+
+        // Once its last record is acked, a segment that is no longer active is deleted.
+        let store = Store::open(dir.path(), 1 << 20).expect("reopen");
+        let mut locs = Vec::new();
+        store
+            .recover_messages(|_, qm| {
+                locs.extend(qm.stored);
+                true
+            })
+            .expect("recover");
+        assert!(seg.exists());
+        store.remove_message(locs[0]);
+        store.sync_round().expect("round");
+        store.sync_round().expect("round");
+        assert!(!seg.exists(), "segment with no live record deleted");
+    }
+
+    #[test]
+    fn a_format_1_dir_has_its_sled_messages_moved_into_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = sled::open(dir.path().join("sled")).expect("sled");
+            db.insert("format_version", "1").expect("version");
+            let mut key = 4u64.to_be_bytes().to_vec();
+            key.extend_from_slice(&11u64.to_be_bytes());
+            db.open_tree("messages")
+                .expect("tree")
+                .insert(key, encode(&sample(11)))
+                .expect("record");
+            db.flush().expect("flush");
+        }
+        assert_eq!(recovered(dir.path(), |_| true), vec![(4, 11)]);
+        // Now in the log (and no longer in sled): still there on the next start.
+        assert_eq!(recovered(dir.path(), |_| true), vec![(4, 11)]);
+        let store = Store::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(store.msgs.len(), 0);
+        assert_eq!(
+            store.db.get("format_version").expect("get").as_deref(),
+            Some(&b"2"[..])
+        );
     }
 }

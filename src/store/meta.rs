@@ -76,6 +76,7 @@ impl Store {
 
     /// Forget every definition (exchanges, queues, bindings) of a deleted vhost.
     pub fn remove_vhost_definitions(&self, vhost: &str) {
+        self.remove_all_delayed(vhost, None);
         for kind in ["x", "q", "b", "e"] {
             let mut p = key(&[kind, vhost]);
             p.push(0);

@@ -2,7 +2,9 @@
 //! bindings) written when declared and recovered at start. The data dir carries a format
 //! version so a newer layout is refused.
 
+mod delayed;
 pub mod messages;
+pub mod segments;
 
 use crate::broker::exchange::{ExchangeSpec, ExchangeType};
 use crate::broker::queue::QueueSpec;
@@ -14,7 +16,9 @@ use thiserror::Error;
 mod meta;
 
 /// Version of the on-disk layout this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: persistent messages in the segment log (`messages/`). A version-1 dir (messages in
+/// sled) is upgraded at start: its records move into the log during recovery.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -82,10 +86,20 @@ pub struct Store {
     write_epoch: std::sync::atomic::AtomicU64,
     flushed: tokio::sync::watch::Sender<u64>,
     flush_wake: std::sync::Arc<tokio::sync::Notify>,
+    /// Persistent messages (segments.rs).
+    log: segments::MessageLog,
+    /// Definitions changed since the last sled flush.
+    defs_dirty: std::sync::atomic::AtomicBool,
+    failed_rounds: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Store {
     fn drop(&mut self) {
+        // A clean stop keeps what was accepted but not yet written.
+        if let Err(e) = self.sync_round() {
+            tracing::error!(error = %e, "could not write pending messages at shutdown");
+        }
+        self.flush();
         // Let the flusher task notice the store is gone and end.
         self.flush_wake.notify_one();
     }
@@ -111,6 +125,11 @@ impl Store {
                 db.insert("format_version", FORMAT_VERSION.to_string().as_bytes())?;
             }
             Some(v) if v.as_ref() == FORMAT_VERSION.to_string().as_bytes() => {}
+            Some(v) if v.as_ref() == b"1" => {
+                // Older builds must not open this dir any more: they would not see the log.
+                db.insert("format_version", FORMAT_VERSION.to_string().as_bytes())?;
+                tracing::info!("data dir format 1 upgraded to {FORMAT_VERSION}");
+            }
             Some(v) => {
                 return Err(StoreError::Version {
                     found: String::from_utf8_lossy(&v).into_owned(),
@@ -126,6 +145,9 @@ impl Store {
             write_epoch: std::sync::atomic::AtomicU64::new(0),
             flushed: tokio::sync::watch::channel(0).0,
             flush_wake: std::sync::Arc::new(tokio::sync::Notify::new()),
+            log: segments::MessageLog::open(&dir.join("messages"))?,
+            defs_dirty: std::sync::atomic::AtomicBool::new(false),
+            failed_rounds: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -151,6 +173,8 @@ impl Store {
     /// A definition changed: it goes to disk with the next group-commit flush, and counts
     /// as a write so that any later confirm implies it is durable too.
     fn definition_written(&self) {
+        self.defs_dirty
+            .store(true, std::sync::atomic::Ordering::Release);
         self.write_epoch
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.flush_wake.notify_one();
@@ -286,8 +310,8 @@ impl Store {
                     "x" => {
                         let r: ExchangeRecord =
                             serde_json::from_slice(&v).map_err(|e| corrupt(e.to_string()))?;
-                        let kind =
-                            ExchangeType::parse(&r.kind).map_err(|e| corrupt(e.to_string()))?;
+                        let kind = ExchangeType::declared(&r.kind, &r.arguments)
+                            .map_err(|e| corrupt(e.to_string()))?;
                         out.exchanges.push(ExchangeSpec {
                             name: r.name,
                             kind,

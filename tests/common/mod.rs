@@ -37,6 +37,8 @@ pub fn test_config(dir: &std::path::Path) -> Config {
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_path_buf(),
         log_level: "warn".into(),
+        // Wrong-password tests need not wait the production second.
+        auth_failure_delay: 50,
         ..Config::default()
     }
 }

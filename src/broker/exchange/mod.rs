@@ -3,6 +3,7 @@
 //! exchange, e2e bindings, alternate exchanges, CC/BCC) live in the shared routing step,
 //! `route.rs` (`VHost::route` and `VHost::route_publish`), not in the matchers.
 
+mod delayed;
 mod direct;
 mod fanout;
 mod fxhash;
@@ -10,6 +11,7 @@ mod headers;
 mod route;
 mod topic;
 
+pub use delayed::{delay_of, DelayedMessages, HeldOutcome};
 pub use headers::header_eq;
 pub use route::sender_selected_keys;
 pub use topic::{topic_matches, words as topic_words};
@@ -27,9 +29,36 @@ pub enum ExchangeType {
     Fanout,
     Topic,
     Headers,
+    /// `x-delayed-message` (the RabbitMQ delayed-message plugin): a message with a positive
+    /// `x-delay` header is held, then routed as the underlying `x-delayed-type`.
+    Delayed(BaseType),
 }
 
+/// The type a delayed exchange routes as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseType {
+    Direct,
+    Fanout,
+    Topic,
+    Headers,
+}
+
+impl BaseType {
+    fn kind(self) -> ExchangeType {
+        match self {
+            Self::Direct => ExchangeType::Direct,
+            Self::Fanout => ExchangeType::Fanout,
+            Self::Topic => ExchangeType::Topic,
+            Self::Headers => ExchangeType::Headers,
+        }
+    }
+}
+
+/// The delayed exchange type's name.
+pub const DELAYED_TYPE: &str = "x-delayed-message";
+
 impl ExchangeType {
+    /// A built-in type by name (`x-delayed-message` needs its arguments: see `declared`).
     pub fn parse(s: &str) -> AmqpResult<Self> {
         match s {
             "direct" => Ok(Self::Direct),
@@ -42,19 +71,57 @@ impl ExchangeType {
         }
     }
 
+    /// The type an exchange.declare (or a stored or imported definition) asks for. For
+    /// `x-delayed-message` the `x-delayed-type` argument names the underlying type, with
+    /// the plugin's reply texts when it is missing or itself delayed.
+    pub fn declared(s: &str, arguments: &FieldTable) -> AmqpResult<Self> {
+        if s != DELAYED_TYPE {
+            return Self::parse(s);
+        }
+        let base = super::args::get(arguments, "x-delayed-type").and_then(super::args::str_value);
+        let base = match base.as_deref() {
+            Some(DELAYED_TYPE) => {
+                return Err(AmqpError::precondition(
+                    "Invalid argument, 'x-delayed-message' can't be used for 'x-delayed-type'",
+                ))
+            }
+            Some(t) => Self::parse(t)?,
+            None => {
+                return Err(AmqpError::precondition(
+                    "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+                ))
+            }
+        };
+        Ok(Self::Delayed(match base {
+            Self::Direct => BaseType::Direct,
+            Self::Fanout => BaseType::Fanout,
+            Self::Topic => BaseType::Topic,
+            _ => BaseType::Headers,
+        }))
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Direct => "direct",
             Self::Fanout => "fanout",
             Self::Topic => "topic",
             Self::Headers => "headers",
+            Self::Delayed(_) => DELAYED_TYPE,
+        }
+    }
+
+    /// The type whose matcher routes: the underlying one for delayed exchanges.
+    pub fn routing_kind(self) -> Self {
+        match self {
+            Self::Delayed(base) => base.kind(),
+            other => other,
         }
     }
 
     /// Does the routing key take part in matching? (Fanout and headers ignore it, so
     /// extra CC/BCC keys cannot change where a message goes.)
     pub fn uses_routing_key(self) -> bool {
-        matches!(self, Self::Direct | Self::Topic)
+        matches!(self.routing_kind(), Self::Direct | Self::Topic)
     }
 }
 
@@ -123,22 +190,26 @@ pub struct Exchange {
     /// deleting this exchange finds them without scanning every exchange.
     e2e_sources: Mutex<Vec<String>>,
     deleted: AtomicBool,
+    /// Messages held by an `x-delayed-message` exchange (None for other types).
+    delayed: Option<DelayedMessages>,
 }
 
 impl Exchange {
     pub fn new(spec: ExchangeSpec) -> Arc<Self> {
-        let matcher: Box<dyn Matcher> = match spec.kind {
+        let matcher: Box<dyn Matcher> = match spec.kind.routing_kind() {
             ExchangeType::Direct => Box::<direct::DirectMatcher>::default(),
             ExchangeType::Fanout => Box::<fanout::FanoutMatcher>::default(),
             ExchangeType::Topic => Box::<topic::TopicMatcher>::default(),
-            ExchangeType::Headers => Box::<headers::HeadersMatcher>::default(),
+            _ => Box::<headers::HeadersMatcher>::default(),
         };
         let alternate = spec
             .arguments
             .inner()
             .get("alternate-exchange")
             .and_then(super::args::str_value);
+        let delayed = matches!(spec.kind, ExchangeType::Delayed(_)).then(DelayedMessages::default);
         Arc::new(Exchange {
+            delayed,
             spec,
             alternate: arc_swap::ArcSwapOption::new(alternate.map(Arc::new)),
             matcher: RwLock::new(matcher),
@@ -178,6 +249,11 @@ impl Exchange {
 
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// How many messages a delayed exchange holds (None for other types).
+    pub fn messages_delayed(&self) -> Option<usize> {
+        self.delayed.as_ref().map(DelayedMessages::len)
     }
 
     pub fn is_deleted(&self) -> bool {

@@ -201,7 +201,7 @@ impl Queue {
                 msg,
                 redelivered: false,
                 delivery_count: 0,
-                persisted: false,
+                stored: None,
             };
             let len = qm.msg.body.len() as u64;
             if self.args.load().overflow != Overflow::DropHead
@@ -472,11 +472,7 @@ impl Queue {
     /// Drop all ready messages; returns how many.
     pub fn purge(&self) -> u32 {
         let (n, stored) = self.inner.lock().ready.clear();
-        if let (Some(store), Some(id)) = (&self.store, self.spec.store_id) {
-            for seq in stored {
-                store.remove_message(id, seq);
-            }
-        }
+        self.forget_all(stored);
         n as u32
     }
 
@@ -489,8 +485,8 @@ impl Queue {
     fn persist(&self, qm: &mut QueuedMessage) -> bool {
         match (&self.store, self.spec.store_id) {
             (Some(store), Some(id)) if qm.msg.is_persistent() => {
-                qm.persisted = store.put_message(id, qm);
-                qm.persisted
+                qm.stored = store.put_message(id, qm);
+                qm.stored.is_some()
             }
             _ => true,
         }
@@ -498,9 +494,23 @@ impl Queue {
 
     /// A message left the queue for good (acked, dead-lettered, dropped): remove its record.
     pub fn forget(&self, qm: &QueuedMessage) {
-        if qm.persisted {
-            if let (Some(store), Some(id)) = (&self.store, self.spec.store_id) {
-                store.remove_message(id, qm.seq);
+        if let (Some(store), Some(loc)) = (&self.store, qm.stored) {
+            store.remove_message(loc);
+        }
+    }
+
+    /// A stored message goes out unacked: remember it, so that after a restart it comes
+    /// back flagged redelivered (and only then) with its delivery count.
+    pub fn mark_delivered(&self, qm: &QueuedMessage) {
+        if let (Some(store), Some(loc)) = (&self.store, qm.stored) {
+            store.mark_delivered(loc);
+        }
+    }
+
+    fn forget_all(&self, stored: Vec<crate::store::segments::Loc>) {
+        if let Some(store) = &self.store {
+            for loc in stored {
+                store.remove_message(loc);
             }
         }
     }
@@ -536,10 +546,9 @@ impl Queue {
     pub fn mark_deleted(&self) -> (Vec<InboundBinding>, Vec<Arc<Consumer>>, u32) {
         let mut inner = self.inner.lock();
         self.deleted.store(true, Ordering::Release);
-        let n = inner.ready.clear().0 as u32;
-        if let (Some(store), Some(id)) = (&self.store, self.spec.store_id) {
-            store.remove_queue_messages(id);
-        }
+        let (n, stored) = inner.ready.clear();
+        let n = n as u32;
+        self.forget_all(stored);
         let consumers = std::mem::take(&mut inner.consumers);
         for c in &consumers {
             c.active.store(false, Ordering::Release);

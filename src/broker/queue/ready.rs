@@ -14,6 +14,7 @@
 //! are already sorted and the level's head is the next to expire: no index cost for them.
 
 use crate::broker::message::QueuedMessage;
+use crate::store::segments::Loc;
 use crate::store::Store;
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use tokio::time::Instant;
 #[derive(Debug, Clone)]
 struct DiskRef {
     seq: u64,
+    loc: Loc,
     len: u32,
     deadline: Option<Instant>,
     indexed: bool,
@@ -144,14 +146,23 @@ impl ReadyList {
         }
     }
 
+    /// Would a stored message of `len` body bytes pushed now be paged out?
+    pub fn would_page(&self, len: u64) -> bool {
+        self.pager
+            .as_ref()
+            .is_some_and(|p| self.mem_bytes + len > p.memory_budget)
+    }
+
     /// Keep a message in memory, or page it out if it is stored and memory is spent.
     fn slot_for(&self, qm: QueuedMessage) -> Slot {
         match &self.pager {
-            Some(p)
-                if qm.persisted && self.mem_bytes + qm.msg.body.len() as u64 > p.memory_budget =>
-            {
+            Some(_) if qm.stored.is_some() && self.would_page(qm.msg.body.len() as u64) => {
+                let Some(loc) = qm.stored else {
+                    return Slot::Mem(qm);
+                };
                 Slot::Disk(DiskRef {
                     seq: qm.seq,
+                    loc,
                     len: qm.msg.body.len() as u32,
                     deadline: qm.deadline,
                     indexed: qm.msg.expiration_ms.is_some(),
@@ -169,7 +180,7 @@ impl ReadyList {
             Slot::Mem(m) => Some(m),
             Slot::Disk(d) => {
                 let p = self.pager.as_ref()?;
-                match p.store.get_message(p.queue_id, d.seq) {
+                match p.store.get_message(d.loc, d.seq) {
                     Some(mut m) => {
                         m.deadline = d.deadline;
                         m.delivery_count = d.delivery_count;
@@ -298,9 +309,9 @@ impl ReadyList {
         next
     }
 
-    /// Remove everything; returns how many live messages there were and the seqs of the
-    /// stored ones (whose records must go too).
-    pub fn clear(&mut self) -> (usize, Vec<u64>) {
+    /// Remove everything; returns how many live messages there were and where the stored
+    /// ones are (whose records must go too).
+    pub fn clear(&mut self) -> (usize, Vec<Loc>) {
         let n = self.len;
         let mut stored = Vec::new();
         for fifo in &mut self.levels {
@@ -309,9 +320,8 @@ impl ReadyList {
                     continue;
                 }
                 match slot {
-                    Slot::Mem(m) if m.persisted => stored.push(m.seq),
-                    Slot::Disk(d) => stored.push(d.seq),
-                    Slot::Mem(_) => {}
+                    Slot::Mem(m) => stored.extend(m.stored),
+                    Slot::Disk(d) => stored.push(d.loc),
                 }
             }
         }
@@ -349,7 +359,7 @@ mod tests {
             redelivered: false,
             deadline,
             delivery_count: 0,
-            persisted: false,
+            stored: None,
         }
     }
 
