@@ -32,7 +32,7 @@ fn filled(levels: u8) -> ReadyList {
             redelivered: false,
             deadline: None,
             delivery_count: 0,
-            persisted: false,
+            stored: None,
         });
     }
     r
