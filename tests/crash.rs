@@ -69,11 +69,12 @@ async fn connect(port: u16) -> Connection {
     panic!("broker did not accept connections on {port}");
 }
 
+/// SIGKILL (what `Child::kill` sends on Unix); a no-op for a child already reaped.
 fn kill9(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-9", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
