@@ -4,6 +4,7 @@
 //! (at-least-once) and nothing confirmed is lost. Repeated for many rounds.
 
 mod common;
+use common::process::{broker_command, free_port, BrokerProcess};
 use common::within;
 use futures_lite::StreamExt;
 use lapin::options::*;
@@ -11,7 +12,6 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use rand::Rng;
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,39 +23,12 @@ fn rounds() -> usize {
         .unwrap_or(20)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// The broker child process; killed when dropped, so a failing round leaves nothing behind.
-struct BrokerProcess(Child);
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        kill9(&mut self.0);
-    }
-}
-
 fn spawn_broker(dir: &std::path::Path, port: u16) -> BrokerProcess {
-    let child = Command::new(env!("CARGO_BIN_EXE_warrenmq"))
-        .args(["serve", "--amqp-addr", &format!("127.0.0.1:{port}")])
-        .args([
-            "--http-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--log-level", "warn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start broker");
-    BrokerProcess(child)
+    BrokerProcess(
+        broker_command(dir, port, "warn")
+            .spawn()
+            .expect("start broker"),
+    )
 }
 
 async fn connect(port: u16) -> Connection {
@@ -67,14 +40,6 @@ async fn connect(port: u16) -> Connection {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("broker did not accept connections on {port}");
-}
-
-/// SIGKILL (what `Child::kill` sends on Unix); a no-op for a child already reaped.
-fn kill9(child: &mut Child) {
-    if let Ok(None) = child.try_wait() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,7 +120,7 @@ async fn kill_9_loses_no_confirmed_message() {
 
         let delay = rng.random_range(50..400);
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        kill9(&mut child.0);
+        child.kill9();
         let _ = within("publisher ends", publisher).await;
         let _ = within("consumer ends", consumer).await;
 
@@ -195,7 +160,7 @@ async fn kill_9_loses_no_confirmed_message() {
         );
         total_confirmed += confirmed.len();
         let _ = conn.close(200, "bye".into()).await;
-        kill9(&mut child.0);
+        child.kill9();
     }
     assert!(
         total_confirmed > 0,

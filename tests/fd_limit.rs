@@ -4,12 +4,13 @@
 //! new ones are accepted again.
 
 mod common;
+use common::process::{broker_command, free_port, BrokerProcess};
 use common::within;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -19,37 +20,9 @@ const NOFILE: libc::rlim_t = 64;
 /// Connections opened against it.
 const EXTRA: usize = 150;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// The broker child process; killed when dropped.
-struct BrokerProcess(Child);
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn spawn_broker(dir: &std::path::Path, port: u16) -> BrokerProcess {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_warrenmq"));
-    cmd.args(["serve", "--amqp-addr", &format!("127.0.0.1:{port}")])
-        .args([
-            "--http-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--log-level", "error"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut cmd = broker_command(dir, port, "error");
+    cmd.stderr(Stdio::null());
     // SAFETY: only setrlimit (async-signal-safe) runs between fork and exec.
     unsafe {
         cmd.pre_exec(|| {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod process;
 pub mod raw;
 use lapin::options::*;
 use lapin::types::FieldTable;
