@@ -113,6 +113,9 @@ impl Store {
     /// it could not be stored: the publisher must then not get a positive confirm.
     pub fn put_message(&self, queue_id: u64, qm: &QueuedMessage) -> Option<Loc> {
         let mut st = self.log.state.lock();
+        // Only the first append since the flusher last took the buffer needs to wake it;
+        // later ones ride along (one wake-up per round, not per message).
+        let wake = !st.has_appends();
         let appended = if self.log.fail_appends.load(Ordering::Relaxed) {
             Err(std::io::Error::other("injected disk fault"))
         } else {
@@ -124,7 +127,9 @@ impl Store {
                 // Under the log lock: a round that covers this epoch has the record.
                 self.write_epoch.fetch_add(1, Ordering::AcqRel);
                 drop(st);
-                self.flush_wake.notify_one();
+                if wake {
+                    self.flush_wake.notify_one();
+                }
                 Some(loc)
             }
             Err(e) => {
@@ -157,8 +162,10 @@ impl Store {
 
     /// A message left its queue for good: its record is acked.
     pub fn remove_message(&self, loc: Loc) {
-        self.log.state.lock().remove(loc);
-        self.flush_wake.notify_one();
+        // As for appends: the first ack since the last round wakes the flusher.
+        if self.log.state.lock().remove(loc) {
+            self.flush_wake.notify_one();
+        }
     }
 
     /// Every stored message, oldest first, passed to `f` with its queue id; `f` returns

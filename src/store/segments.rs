@@ -412,12 +412,18 @@ impl LogState {
         })
     }
 
-    /// A stored message left for good.
-    pub(super) fn remove(&mut self, loc: Loc) {
+    /// Records appended since the last round took the buffer?
+    pub(super) fn has_appends(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// A stored message left for good. True for the first ack since the last round.
+    pub(super) fn remove(&mut self, loc: Loc) -> bool {
         if let Some(s) = self.segments.get_mut(&loc.seg) {
             s.live = s.live.saturating_sub(1);
         }
         self.acks.push(loc);
+        self.acks.len() == 1
     }
 
     /// A stored message was delivered (unacked).
