@@ -5,7 +5,9 @@
 #        SCENARIOS="a" RUNS=5 DURATION=15 benches/compare.sh
 #
 # Environment:
-#   SCENARIOS   space separated scenario ids (default: "a b c d e f")
+#   SCENARIOS   space separated scenario ids (default: "a b c d e f g")
+#   IDLE_CONNS  connections of scenario (g) (default 10000; both brokers and the
+#               generator need that many file descriptors: see `ulimit -n`)
 #   RUNS        runs per broker and scenario (default 3, minimum 1)
 #   DURATION    seconds per run (default 10)
 #   SETTLE      seconds of pause between runs (default 2); before each run the
@@ -24,7 +26,8 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SCENARIOS="${SCENARIOS:-a b c d e f}"
+SCENARIOS="${SCENARIOS:-a b c d e f g}"
+IDLE_CONNS="${IDLE_CONNS:-10000}"
 RUNS="${RUNS:-3}"
 DURATION="${DURATION:-10}"
 SETTLE="${SETTLE:-2}"
@@ -47,9 +50,8 @@ STARTED_RABBIT=0
 
 log() { echo "[compare] $*" >&2; }
 
-cleanup() {
-    local rc=$?
-    set +e
+# stop_warrenmq: TERM, then KILL after 5 s; no-op when it is not running
+stop_warrenmq() {
     if [ -n "$WARREN_PID" ] && kill -0 "$WARREN_PID" 2>/dev/null; then
         log "stopping WarrenMQ (pid $WARREN_PID)"
         kill -TERM "$WARREN_PID" 2>/dev/null
@@ -58,8 +60,15 @@ cleanup() {
             sleep 0.1
         done
         kill -0 "$WARREN_PID" 2>/dev/null && kill -KILL "$WARREN_PID" 2>/dev/null
-        wait "$WARREN_PID" 2>/dev/null
+        wait "$WARREN_PID" 2>/dev/null || true
     fi
+    WARREN_PID=""
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    stop_warrenmq
     if [ "$STARTED_RABBIT" = 1 ]; then
         log "stopping RabbitMQ (started by this script)"
         timeout 60 rabbitmqctl stop >/dev/null 2>&1
@@ -130,8 +139,30 @@ CONF
     if ! grep -qs '^NODE_IP_ADDRESS=127.0.0.1' /etc/rabbitmq/rabbitmq-env.conf; then
         echo NODE_IP_ADDRESS=127.0.0.1 >> /etc/rabbitmq/rabbitmq-env.conf
     fi
+    # rabbitmq-server switches to the rabbitmq user through su, whose pam_limits
+    # session gives the node a soft limit of 1024 descriptors unless told
+    # otherwise: too few for scenario (g), as RabbitMQ admits sockets up to about
+    # 90 % of its limit. Ask for as many as this shell may have.
+    local nofile
+    nofile="$(ulimit -Hn)"
+    [ "$nofile" = unlimited ] && nofile=65536
+    if ! grep -qs "rabbitmq soft nofile ${nofile}$" /etc/security/limits.d/rabbitmq-bench.conf; then
+        mkdir -p /etc/security/limits.d
+        printf 'rabbitmq soft nofile %s\nrabbitmq hard nofile %s\n' "$nofile" "$nofile" \
+            > /etc/security/limits.d/rabbitmq-bench.conf
+    fi
+    [ "$nofile" -ge $(( IDLE_CONNS * 12 / 10 + 200 )) ] \
+        || log "warning: RabbitMQ may open only $nofile files; (g) needs about $(( IDLE_CONNS * 12 / 10 + 200 ))"
     if port_open "$RABBIT_PORT"; then
         log "RabbitMQ already listening on 127.0.0.1:${RABBIT_PORT}"
+        local beam lim
+        beam="$(pgrep -o -f 'beam.smp.*rabbit' || true)"
+        lim="$(awk '/^Max open files/ { print $4 }' "/proc/${beam:-0}/limits" 2>/dev/null || true)"
+        case " $SCENARIOS " in *" g "*)
+            if [ -n "$lim" ] && [ "$lim" -lt $(( IDLE_CONNS * 12 / 10 + 200 )) ]; then
+                log "warning: RabbitMQ may open only $lim files, too few for (g): restart it"
+            fi ;;
+        esac
         return 0
     fi
     log "starting RabbitMQ"
@@ -192,6 +223,7 @@ scenario_title() {
         d) echo "(d) 1 KB fanout, 1 pub -> 4 queues x 1 cons" ;;
         e) echo "(e) 256 B at fixed 10k msg/s, latency" ;;
         f) echo "(f) 100 queues, 100 pubs, 100 cons, 16 B, no-ack" ;;
+        g) echo "(g) ${IDLE_CONNS} idle connections, 1 channel each" ;;
         *) return 1 ;;
     esac
 }
@@ -203,6 +235,7 @@ scenario_args() {
         d) echo "--publishers 1 --consumers 4 --size 1024 --fanout-queues 4 --prefetch 1000 --multi-ack-every 100" ;;
         e) echo "--publishers 1 --consumers 1 --size 256 --rate 10000 --prefetch 1000 --multi-ack-every 100" ;;
         f) echo "--publishers 100 --consumers 100 --queues 100 --size 16 --auto-ack --pipeline 32" ;;
+        g) echo "--idle-connections ${IDLE_CONNS}" ;;
     esac
 }
 scenario_metrics() {
@@ -211,6 +244,7 @@ scenario_metrics() {
         f) echo "consume_rate" ;;
         c) echo "confirm_rate consume_rate" ;;
         e) echo "lat_p50 lat_p99 consume_rate" ;;
+        g) echo "rss_per_conn_kb" ;;
     esac
 }
 metric_label() {
@@ -220,6 +254,7 @@ metric_label() {
         confirm_rate) echo "confirmed msg/s" ;;
         lat_p50) echo "latency p50 us (lower better)" ;;
         lat_p99) echo "latency p99 us (lower better)" ;;
+        rss_per_conn_kb) echo "RSS KB per connection (lower better)" ;;
     esac
 }
 
@@ -227,7 +262,7 @@ metric_label() {
 extract() {
     local m="$1" f="$2" lat
     case "$m" in
-        consume_rate|publish_rate|confirm_rate)
+        consume_rate|publish_rate|confirm_rate|rss_per_conn_kb)
             grep -o "\"$m\":[0-9.]*" "$f" | head -1 | cut -d: -f2 || true ;;
         lat_p50|lat_p99)
             # the first latency_us object is the run summary
@@ -318,8 +353,67 @@ run_one() {
     sleep "$SETTLE"
 }
 
+# rss_kb PID: resident set size of a process in KB, empty if gone
+rss_kb() {
+    awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true
+}
+
+# run_idle BROKER RUN: scenario (g). Samples the broker's RSS, opens
+# IDLE_CONNS connections with a channel each, samples it again once they are
+# all open (the largest of three samples a second apart) and records the
+# growth per connection in KB. WarrenMQ is restarted before each run so that
+# memory freed by earlier runs cannot be reused (this can only make its
+# number larger); RabbitMQ is measured as it runs.
+run_idle() {
+    local broker="$1" run="$2" uri pid out err before after a i gpid rc=0
+    if [ "$broker" = rabbitmq ]; then
+        uri="$RABBIT_URI"; pid="$(pgrep -o -f 'beam.smp.*rabbit' || true)"
+    else
+        stop_warrenmq; start_warrenmq
+        uri="$WARREN_URI"; pid="$WARREN_PID"
+    fi
+    wait_idle "$pid"
+    out="$WORK/g-$broker-$run.json"; err="$WORK/g-$broker-$run.err"
+    before="$(rss_kb "$pid")"
+    timeout 600 "$LOADGEN" --uri "$uri" --idle-connections "$IDLE_CONNS" \
+        --duration 5 --json --quiet > "$out.gen" 2> "$err" &
+    gpid=$!
+    for i in $(seq 1 3000); do
+        grep -qE '^(idle: all|error)' "$err" 2>/dev/null && break
+        kill -0 "$gpid" 2>/dev/null || break
+        sleep 0.1
+    done
+    after=0
+    if grep -q '^idle: all' "$err"; then
+        for i in 1 2 3; do
+            sleep 1
+            a="$(rss_kb "$pid")"
+            [ -n "$a" ] && [ "$a" -gt "$after" ] && after="$a"
+        done
+    fi
+    wait "$gpid" || rc=$?
+    if [ "$rc" = 0 ] && [ -n "$before" ] && [ "$after" -gt 0 ]; then
+        awk -v b="$before" -v a="$after" -v n="$IDLE_CONNS" 'BEGIN {
+            printf "{\"rss_per_conn_kb\":%.2f,\"rss_before_kb\":%d,\"rss_after_kb\":%d}\n", (a - b) / n, b, a }' > "$out"
+        log "  $broker run $run: $(cat "$out") $(grep '^idle:' "$err")"
+    else
+        log "  $broker run $run: FAILED ($(tail -1 "$err" 2>/dev/null))"
+        rm -f "$out"
+    fi
+    rm -f "$out.gen"
+    sleep "$SETTLE"
+}
+
 main() {
     local sc run m r w ratio
+    # WarrenMQ and the generator inherit this shell's limit; (g) needs
+    # IDLE_CONNS descriptors in each.
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    case " $SCENARIOS " in *" g "*)
+        if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $(( IDLE_CONNS + 100 )) ]; then
+            log "warning: ulimit -n is $(ulimit -n); (g) needs more than ${IDLE_CONNS}"
+        fi ;;
+    esac
     for sc in $SCENARIOS; do
         scenario_title "$sc" >/dev/null || { log "unknown scenario '$sc'"; exit 2; }
     done
@@ -331,7 +425,9 @@ main() {
         log "scenario $(scenario_title "$sc"): ${RUNS} runs x ${DURATION}s per broker"
         for run in $(seq 1 "$RUNS"); do
             # alternate which broker goes first
-            if [ $(( run % 2 )) = 1 ]; then
+            if [ "$sc" = g ]; then
+                run_idle rabbitmq "$run"; run_idle warrenmq "$run"
+            elif [ $(( run % 2 )) = 1 ]; then
                 run_one rabbitmq "$sc" "$run"; run_one warrenmq "$sc" "$run"
             else
                 run_one warrenmq "$sc" "$run"; run_one rabbitmq "$sc" "$run"

@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::future::poll_once;
@@ -68,6 +69,13 @@ impl Generator for Lapin {
         routing_key: String,
     ) -> impl Future<Output = Result<(), String>> + Send + 'static {
         run_publisher(w, exchange, routing_key)
+    }
+    type Idle = (Connection, Channel);
+    async fn idle(o: Arc<Opts>, id: usize) -> Result<(Connection, Channel), String> {
+        connect(&o.uri, &format!("idle {id}")).await
+    }
+    async fn close_idle(c: (Connection, Channel)) {
+        close_quietly(&c.0).await
     }
 }
 

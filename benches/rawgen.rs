@@ -73,6 +73,16 @@ impl Generator for Raw {
     ) -> impl Future<Output = Result<(), String>> + Send + 'static {
         run_publisher(w, exchange, routing_key)
     }
+    type Idle = Conn;
+    async fn idle(o: Arc<Opts>, id: usize) -> Result<Conn, String> {
+        let mut c = Conn::open(&Target::parse(&o.uri)?, &format!("idle {id}")).await?;
+        // Held, not read: no reason to keep a 64 KB read buffer each.
+        c.rbuf = Vec::new();
+        Ok(c)
+    }
+    fn close_idle(c: Conn) -> impl Future<Output = ()> + Send + 'static {
+        c.close()
+    }
 }
 
 // ---------------------------------------------------------------------------

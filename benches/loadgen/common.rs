@@ -102,6 +102,12 @@ pub struct Opts {
     /// Worker threads of the async runtime (default: number of CPUs).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Idle-connection scenario: instead of publishing and consuming, open N
+    /// connections with one channel each (at most 64 handshakes at a time),
+    /// report on stderr when they are all open, hold them for --duration
+    /// seconds and close them. The broker's memory is measured meanwhile.
+    #[arg(long, default_value_t = 0)]
+    pub idle_connections: usize,
 }
 
 // ---------------------------------------------------------------------------

@@ -68,6 +68,15 @@ pub trait Generator {
         exchange: String,
         routing_key: String,
     ) -> impl Future<Output = Result<(), String>> + Send + 'static;
+    /// An open connection of the idle-connection scenario.
+    type Idle: Send + 'static;
+    /// One connection with one channel open, for the idle-connection
+    /// scenario; it stays open until it is handed to [`Generator::close_idle`].
+    fn idle(
+        o: Arc<Opts>,
+        id: usize,
+    ) -> impl Future<Output = Result<Self::Idle, String>> + Send + 'static;
+    fn close_idle(c: Self::Idle) -> impl Future<Output = ()> + Send + 'static;
 }
 
 /// Handed to every publisher/consumer task.
@@ -287,12 +296,113 @@ struct Line {
 
 /// The whole run: topology, workers, per-second reporting, clean-up, summary.
 /// Returns the process exit status.
+/// Scenario (g): `--idle-connections N` connections with one channel each,
+/// opened at most [`IDLE_CONCURRENCY`] at a time, held for `--duration`
+/// seconds. Prints `idle: all N open` on stderr once they are (the benchmark
+/// script samples the broker's memory after that line) and a JSON summary on
+/// stdout with `--json`. Exits 1 when any connection failed to open.
+async fn run_idle<G: Generator>(o: Arc<Opts>) -> i32 {
+    let n = o.idle_connections;
+    let t0 = Instant::now();
+    let gate = Arc::new(tokio::sync::Semaphore::new(IDLE_CONCURRENCY));
+    let mut tasks = tokio::task::JoinSet::new();
+    let retries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for id in 0..n {
+        let (o, gate) = (o.clone(), gate.clone());
+        let retries = retries.clone();
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            // A broker busy accepting thousands of connections may drop a SYN or
+            // be slow to answer one handshake; that is not what is measured.
+            let mut attempt = 1;
+            loop {
+                match G::idle(o.clone(), id).await {
+                    Err(_) if attempt < IDLE_ATTEMPTS => {
+                        retries.fetch_add(1, Ordering::Relaxed);
+                        attempt += 1;
+                    }
+                    r => return r,
+                }
+            }
+        });
+    }
+    let mut open = Vec::with_capacity(n);
+    let mut first_error = None;
+    // A broker that stops accepting (at its descriptor limit, say) must not
+    // leave the run hanging.
+    let give_up = t0 + IDLE_OPEN_LIMIT;
+    loop {
+        let r = match tokio::time::timeout_at(give_up, tasks.join_next()).await {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(_) => {
+                first_error.get_or_insert(format!(
+                    "{} connections not open after {}s",
+                    tasks.len(),
+                    IDLE_OPEN_LIMIT.as_secs()
+                ));
+                tasks.abort_all();
+                break;
+            }
+        };
+        match r {
+            Ok(Ok(c)) => open.push(c),
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(format!("task: {e}"));
+            }
+        }
+    }
+    let open_secs = t0.elapsed().as_secs_f64();
+    let opened = open.len();
+    if let Some(e) = &first_error {
+        eprintln!(
+            "error: {} of {n} connections failed; first: {e}",
+            n - opened
+        );
+    } else {
+        eprintln!(
+            "idle: all {n} open in {open_secs:.1}s ({} retried)",
+            retries.load(Ordering::Relaxed)
+        );
+    }
+    tokio::time::sleep(Duration::from_secs_f64(o.duration)).await;
+    let mut closing = tokio::task::JoinSet::new();
+    for c in open {
+        closing.spawn(G::close_idle(c));
+    }
+    while closing.join_next().await.is_some() {}
+    if o.json {
+        println!(
+            "{{\"idle_connections\":{n},\"opened\":{opened},\"open_seconds\":{open_secs:.3}}}"
+        );
+    } else {
+        println!(
+            "{opened} of {n} idle connections opened in {open_secs:.1}s, held {}s",
+            o.duration
+        );
+    }
+    i32::from(first_error.is_some())
+}
+
+/// Handshakes in flight at once in the idle-connection scenario.
+const IDLE_CONCURRENCY: usize = 64;
+/// Tries per connection in the idle-connection scenario.
+const IDLE_ATTEMPTS: usize = 3;
+/// How long opening all idle connections may take.
+const IDLE_OPEN_LIMIT: Duration = Duration::from_secs(240);
+
 pub async fn run<G: Generator>(o: Opts) -> i32 {
     if o.duration <= 0.0 {
         eprintln!("--duration must be > 0");
         return 2;
     }
     let o = Arc::new(o);
+    if o.idle_connections > 0 {
+        return run_idle::<G>(o).await;
+    }
     let run_id = now_nanos() ^ ((std::process::id() as u64) << 32) | 1;
     let shared = Arc::new(Shared {
         counters: Counters::default(),

@@ -29,7 +29,8 @@ pub struct Outbound {
 impl Outbound {
     pub fn new(high_watermark: usize) -> Self {
         Outbound {
-            buf: Mutex::new(BytesMut::with_capacity(16 * 1024)),
+            // Grows with use; an idle connection keeps only what its handshake needed.
+            buf: Mutex::new(BytesMut::new()),
             pending: AtomicUsize::new(0),
             high_watermark,
             wake: Notify::new(),
@@ -115,7 +116,7 @@ pub async fn run_writer<W: tokio::io::AsyncWrite + Unpin>(
     heartbeat: Arc<std::sync::atomic::AtomicU64>,
 ) {
     use tokio::io::AsyncWriteExt;
-    let mut local = BytesMut::with_capacity(16 * 1024);
+    let mut local = BytesMut::new();
     loop {
         if out.pending() == 0 {
             if out.is_closing() {
@@ -149,7 +150,7 @@ pub async fn run_writer<W: tokio::io::AsyncWrite + Unpin>(
         local.clear();
         // Keep a reasonably sized buffer, but do not hold on to a huge one after a burst.
         if local.capacity() > 4 * 1024 * 1024 {
-            local = BytesMut::with_capacity(16 * 1024);
+            local = BytesMut::new();
         }
         out.after_write();
     }
