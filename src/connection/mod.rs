@@ -310,6 +310,12 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             }
             self.settle_durability().await;
             self.shared.out.room().await;
+            // A busy publisher finds its next read ready at once and would run for a whole
+            // scheduler budget (megabytes of frames) before the consumers' acks get a
+            // turn; every prefetch-limited consumer would then slow to that pace.
+            if self.filled_last_read {
+                tokio::task::yield_now().await;
+            }
             // Ack timeouts are checked at a quarter of the shortest one in use.
             let tick = self
                 .channels
