@@ -783,3 +783,17 @@ async fn message_rates_come_from_sampled_counters() {
             > 10.0
     );
 }
+
+/// A wrong password over HTTP is answered after `auth_failure_delay`, as on AMQP.
+#[tokio::test]
+async fn failed_login_is_delayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.auth_failure_delay = 300;
+    let b = start_broker_with(cfg, dir).await;
+    let started = std::time::Instant::now();
+    let (s, _) = api_as(&b, "guest", "nope").get("/api/overview").await;
+    assert_eq!(s, 401);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    assert_eq!(api(&b).get("/api/overview").await.0, 200);
+}

@@ -47,6 +47,10 @@ impl FromRequestParts<Arc<Ctx>> for Authed {
             Ok(u) => u,
             Err(why) => {
                 tracing::info!(%peer, "HTTP API login failed: {why}");
+                // As on AMQP: a password guesser gets one answer per delay per request;
+                // the wait is a timer, it holds no thread and no lock.
+                let delay = ctx.broker.config.auth_failure_delay;
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
                 return Err(ApiError::unauthorized("Login failed"));
             }
         };
