@@ -130,6 +130,14 @@ struct Run {
     ledgers: Vec<Mutex<Ledger>>,
 }
 
+impl Run {
+    /// Counts a failed session and backs off briefly before the caller reconnects.
+    async fn session_failed(&self, what: &str, e: String) {
+        self.stats.error(format!("{what}: {e}"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn main() {
     // `cargo bench` appends `--bench`.
     let o = Opts::parse_from(std::env::args().filter(|a| a != "--bench"));
@@ -272,8 +280,8 @@ async fn durable_publisher(run: Arc<Run>, q: usize) {
     let start = Instant::now();
     while run.publishing.load(Ordering::Relaxed) {
         if let Err(e) = publish_session(&run, q, &key, &mut seq, start).await {
-            run.stats.error(format!("durable publisher {q}: {e}"));
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            run.session_failed(&format!("durable publisher {q}"), e)
+                .await;
         }
     }
 }
@@ -349,8 +357,8 @@ async fn settle(
 async fn durable_consumer(run: Arc<Run>, q: usize) {
     while !run.draining_done.load(Ordering::Relaxed) {
         if let Err(e) = consume_session(&run, q).await {
-            run.stats.error(format!("durable consumer {q}: {e}"));
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            run.session_failed(&format!("durable consumer {q}"), e)
+                .await;
         }
     }
 }
@@ -438,8 +446,7 @@ async fn transient(run: Arc<Run>) {
         }
         .await;
         if let Err(e) = r {
-            run.stats.error(format!("transient publisher: {e}"));
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            run.session_failed("transient publisher", e).await;
         }
     }
 }
@@ -477,8 +484,7 @@ async fn transient_consumer(run: Arc<Run>, queue: &'static str) {
         }
         .await;
         if let Err(e) = r {
-            run.stats.error(format!("consumer of {queue}: {e}"));
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            run.session_failed(&format!("consumer of {queue}"), e).await;
         }
     }
 }
