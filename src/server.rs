@@ -193,7 +193,7 @@ async fn accept_loop(
                     let tls = tls.clone();
                     tokio::spawn(async move {
                         match tls {
-                            None => crate::connection::serve(broker, socket, peer, rx).await,
+                            None => crate::connection::serve(broker, socket, peer, rx, None).await,
                             Some(tls) => crate::tls::serve_amqps(tls, broker, socket, peer, rx).await,
                         }
                         drop(permit);

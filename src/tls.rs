@@ -147,5 +147,70 @@ pub async fn serve_amqps(
         },
         _ = shutdown.changed() => return,
     };
-    crate::connection::serve(broker, stream, peer, shutdown).await;
+    let info = session_info(stream.get_ref().1);
+    crate::connection::serve(broker, stream, peer, shutdown, Some(info)).await;
+}
+
+/// What the management API shows of a TLS connection, in RabbitMQ's terms (`tlsv1.3`,
+/// cipher `aes_256_gcm`, hash `sha384`, key exchange `ecdhe_rsa`, or `any` for TLS 1.3,
+/// whose suites do not name one).
+pub fn session_info(conn: &rustls::ServerConnection) -> crate::connection::TlsInfo {
+    let protocol = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "tlsv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "tlsv1.2",
+        _ => "unknown",
+    };
+    let suite = conn
+        .negotiated_cipher_suite()
+        .and_then(|s| s.suite().as_str())
+        .unwrap_or("");
+    let (key_exchange, cipher, hash) = split_suite(suite);
+    crate::connection::TlsInfo {
+        protocol: protocol.into(),
+        key_exchange,
+        cipher,
+        hash,
+    }
+}
+
+/// `TLS13_AES_256_GCM_SHA384` → ("any", "aes_256_gcm", "sha384");
+/// `TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256` → ("ecdhe_rsa", "aes_128_gcm", "sha256").
+fn split_suite(name: &str) -> (String, String, String) {
+    let lower = name.to_ascii_lowercase();
+    let (kx, rest) = match lower.strip_prefix("tls13_") {
+        Some(rest) => ("any".to_string(), rest.to_string()),
+        None => match lower
+            .strip_prefix("tls_")
+            .and_then(|r| r.split_once("_with_"))
+        {
+            Some((kx, rest)) => (kx.to_string(), rest.to_string()),
+            None => return ("unknown".into(), lower, "unknown".into()),
+        },
+    };
+    match rest.rsplit_once('_') {
+        Some((cipher, hash)) => (kx, cipher.to_string(), hash.to_string()),
+        None => (kx, rest, "unknown".into()),
+    }
+}
+
+#[cfg(test)]
+mod suite_tests {
+    use super::split_suite;
+
+    #[test]
+    fn suites_in_rabbitmq_terms() {
+        let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+        assert_eq!(
+            split_suite("TLS13_AES_256_GCM_SHA384"),
+            s("any", "aes_256_gcm", "sha384")
+        );
+        assert_eq!(
+            split_suite("TLS13_CHACHA20_POLY1305_SHA256"),
+            s("any", "chacha20_poly1305", "sha256")
+        );
+        assert_eq!(
+            split_suite("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+            s("ecdhe_rsa", "aes_128_gcm", "sha256")
+        );
+    }
 }

@@ -234,6 +234,34 @@ async fn amqps_publish_consume_roundtrip() {
     let c = common::connect(&b).await;
     let ch = common::channel(&c).await;
     assert_eq!(common::ready_count(&ch, "tls.q").await, 0);
+
+    // The management API tells the two apart, with RabbitMQ's ssl_* fields.
+    let (status, conns) = common::http::api(&b).get("/api/connections").await;
+    assert_eq!(status, 200);
+    let conns = conns.as_array().expect("a list").clone();
+    assert_eq!(conns.len(), 2, "{conns:?}");
+    let tls = conns
+        .iter()
+        .find(|c| c["ssl"] == true)
+        .expect("the amqps one");
+    assert_eq!(tls["port"], addr.port());
+    assert_eq!(tls["ssl_protocol"], "tlsv1.3");
+    assert_eq!(tls["ssl_key_exchange"], "any");
+    assert!(
+        tls["ssl_cipher"].as_str().is_some_and(|c| !c.is_empty()),
+        "{tls}"
+    );
+    assert!(
+        tls["ssl_hash"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("sha")),
+        "{tls}"
+    );
+    let plain = conns
+        .iter()
+        .find(|c| c["ssl"] == false)
+        .expect("the plain one");
+    assert!(plain["ssl_protocol"].is_null());
     b.stop().await;
 }
 

@@ -66,6 +66,17 @@ pub struct ConnInfo {
     pub channel_max: u16,
     /// Set once connection.open succeeded.
     pub open: bool,
+    /// The TLS session, for amqps connections.
+    pub tls: Option<TlsInfo>,
+}
+
+/// A TLS session as the management API shows it (RabbitMQ's `ssl_*` fields).
+#[derive(Debug, Clone, Default)]
+pub struct TlsInfo {
+    pub protocol: String,
+    pub key_exchange: String,
+    pub cipher: String,
+    pub hash: String,
 }
 
 impl ConnShared {
@@ -193,12 +204,14 @@ pub async fn serve<S>(
     socket: S,
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
+    tls: Option<TlsInfo>,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (reader, writer) = tokio::io::split(socket);
     let id = broker.next_connection_id();
     let shared = ConnShared::new(id, peer, broker.config.outbound_high_watermark);
+    shared.info.write().tls = tls;
     let writer_task = tokio::spawn(outbound::run_writer(
         shared.out.clone(),
         writer,

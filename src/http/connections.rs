@@ -39,6 +39,11 @@ pub fn connection_name(ctx: &Ctx, c: &ConnShared) -> String {
 
 fn connection_json(ctx: &Ctx, c: &ConnShared) -> Value {
     let info = c.info.read();
+    let tls = info.tls.as_ref();
+    let listener = match tls {
+        Some(_) => ctx.amqps_addr.unwrap_or(ctx.amqp_addr),
+        None => ctx.amqp_addr,
+    };
     json!({
         "name": connection_name(ctx, c),
         "node": ctx.node,
@@ -51,9 +56,16 @@ fn connection_json(ctx: &Ctx, c: &ConnShared) -> Value {
         "auth_mechanism": info.auth_mechanism,
         "peer_host": c.peer.ip().to_string(),
         "peer_port": c.peer.port(),
-        "host": ctx.amqp_addr.ip().to_string(),
-        "port": ctx.amqp_addr.port(),
-        "ssl": false,
+        "host": listener.ip().to_string(),
+        "port": listener.port(),
+        "ssl": tls.is_some(),
+        "ssl_protocol": tls.map(|t| t.protocol.as_str()),
+        "ssl_key_exchange": tls.map(|t| t.key_exchange.as_str()),
+        "ssl_cipher": tls.map(|t| t.cipher.as_str()),
+        "ssl_hash": tls.map(|t| t.hash.as_str()),
+        "peer_cert_subject": Value::Null,
+        "peer_cert_issuer": Value::Null,
+        "peer_cert_validity": Value::Null,
         "channels": c.channels.lock().len(),
         "channel_max": info.channel_max,
         "frame_max": c.frame_max(),
