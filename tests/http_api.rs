@@ -627,6 +627,32 @@ async fn connections_channels_consumers_and_closing_one() {
     assert_eq!(a.ok("/api/queues/%2F/work").await["consumers"], 1);
     assert_eq!(a.ok("/api/overview").await["object_totals"]["consumers"], 1);
 
+    // Confirm and tx mode show on the channels.
+    let confirming = channel(&c).await;
+    confirming
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let transacting = channel(&c).await;
+    transacting.tx_select().await.unwrap();
+    let chans = a.ok("/api/channels").await;
+    let modes: Vec<(i64, bool, bool)> = chans
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["number"].as_i64().unwrap(),
+                c["confirm"].as_bool().unwrap(),
+                c["transactional"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        modes,
+        vec![(1, false, false), (2, true, false), (3, false, true)]
+    );
+
     // DELETE closes it with 320.
     let r = a
         .req(reqwest::Method::DELETE, &format!("/api/connections/{enc}"))

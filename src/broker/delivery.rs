@@ -44,6 +44,9 @@ pub struct ChannelShared {
     pub global_unacked: AtomicU32,
     /// Set once the channel is closed: nothing more is delivered to it.
     pub closed: AtomicBool,
+    /// In confirm mode / in tx mode, for the management API.
+    pub confirm: AtomicBool,
+    pub transactional: AtomicBool,
 }
 
 impl ChannelShared {
@@ -59,6 +62,8 @@ impl ChannelShared {
             global_prefetch: AtomicU32::new(0),
             global_unacked: AtomicU32::new(0),
             closed: AtomicBool::new(false),
+            confirm: AtomicBool::new(false),
+            transactional: AtomicBool::new(false),
         })
     }
 

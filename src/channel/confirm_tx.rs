@@ -6,6 +6,7 @@ use super::{Channel, ChannelCtx, Confirms, Mode};
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::AMQPClass;
 use amq_protocol::protocol::{confirm, tx};
+use std::sync::atomic::Ordering;
 
 impl Channel {
     pub(super) fn confirm_method(
@@ -24,7 +25,10 @@ impl Channel {
                     "cannot switch from tx to confirm mode",
                 ))
             }
-            Mode::Normal => self.mode = Mode::Confirm(Confirms::default()),
+            Mode::Normal => {
+                self.mode = Mode::Confirm(Confirms::default());
+                self.shared.confirm.store(true, Ordering::Relaxed);
+            }
             Mode::Confirm(_) => {}
         }
         if !s.nowait {
@@ -49,7 +53,8 @@ impl Channel {
                         self.mode = Mode::Tx {
                             publishes: Vec::new(),
                             acks: Vec::new(),
-                        }
+                        };
+                        self.shared.transactional.store(true, Ordering::Relaxed);
                     }
                     Mode::Tx { .. } => {}
                 }

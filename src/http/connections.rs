@@ -182,6 +182,8 @@ fn channels_of(ctx: &Ctx, conns: &[Arc<ConnShared>]) -> Vec<Value> {
                 "consumer_count": counts.get(&(Arc::as_ptr(ch) as usize)).copied().unwrap_or(0),
                 "messages_unacknowledged": ch.deliveries.lock().unacked.len(),
                 "global_prefetch_count": ch.global_prefetch.load(Ordering::Relaxed),
+                "confirm": ch.confirm.load(Ordering::Relaxed),
+                "transactional": ch.transactional.load(Ordering::Relaxed),
             }));
         }
     }
