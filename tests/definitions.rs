@@ -317,3 +317,52 @@ async fn bad_imports_are_refused() {
         403
     );
 }
+
+/// Exports from RabbitMQ 3.5 and older hash passwords with MD5 and name no algorithm:
+/// such users import, log in with their password and are refused with another.
+#[tokio::test]
+async fn md5_users_from_old_exports_log_in() {
+    use base64::Engine;
+    use md5::{Digest, Md5};
+    let salt = [0x5a, 0x11, 0x7e, 0x03];
+    let mut raw = salt.to_vec();
+    raw.extend(
+        Md5::new()
+            .chain_update(salt)
+            .chain_update(b"old-pw")
+            .finalize(),
+    );
+    let hash = base64::engine::general_purpose::STANDARD.encode(raw);
+    let b = start_broker().await;
+    let a = api(&b);
+    let defs = json!({
+        "rabbit_version": "3.5.7",
+        "users": [
+            {"name": "legacy", "password_hash": hash, "tags": ""},
+            {"name": "legacy-named", "password_hash": hash,
+             "hashing_algorithm": "rabbit_password_hashing_md5", "tags": ""}
+        ],
+        "permissions": [
+            {"user": "legacy", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"},
+            {"user": "legacy-named", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}
+        ]
+    });
+    assert_eq!(a.post("/api/definitions", defs).await.0, 204);
+    for user in ["legacy", "legacy-named"] {
+        let c = amqp(&b, user, "old-pw", "%2f")
+            .await
+            .expect("right password");
+        c.close(200, "bye".into()).await.unwrap();
+        assert!(amqp(&b, user, "new-pw", "%2f").await.is_err());
+    }
+    let exported = a.ok("/api/definitions").await;
+    let legacy = exported["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "legacy")
+        .unwrap()
+        .clone();
+    assert_eq!(legacy["hashing_algorithm"], "rabbit_password_hashing_md5");
+    assert_eq!(legacy["password_hash"], hash.as_str());
+}

@@ -96,9 +96,12 @@ pub fn user_from_json(name: &str, body: &Value, existing: Option<&User>) -> Resu
         (password::hash(p), password::SHA256.to_string())
     } else if let Some(h) = body.get("password_hash") {
         let h = h.as_str().ok_or("password_hash must be a string")?;
+        // Without an algorithm (exports from RabbitMQ 3.5 and older, which had only MD5),
+        // the digest's length says which it is.
         let algo = body
             .get("hashing_algorithm")
             .and_then(|a| a.as_str())
+            .or_else(|| password::infer(h))
             .unwrap_or(password::SHA256);
         if !password::supported(algo) {
             return Err(format!("unsupported hashing algorithm '{algo}'"));
