@@ -808,6 +808,18 @@ async fn message_rates_come_from_sampled_counters() {
             .unwrap()
             > 10.0
     );
+    // Bytes and syscalls per connection, and the received-bytes rate between the samples.
+    let conns = a.ok("/api/connections").await;
+    let conn = &conns[0];
+    for field in ["recv_oct", "recv_cnt", "send_oct", "send_cnt"] {
+        assert!(conn[field].as_u64().unwrap() > 0, "{field}: {conn}");
+    }
+    assert!(conn["recv_oct"].as_u64().unwrap() > 30 * 8, "{conn}");
+    assert!(
+        conn["recv_oct_details"]["rate"].as_f64().unwrap() > 0.0,
+        "{conn}"
+    );
+    assert!(conn["send_oct_details"]["rate"].is_number());
 }
 
 /// A wrong password over HTTP is answered after `auth_failure_delay`, as on AMQP.

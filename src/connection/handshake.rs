@@ -74,7 +74,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             }
             tokio::select! {
                 r = tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.buf)) => match r {
-                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(Ok(n)) if n > 0 => self.shared.received(n),
                     Ok(_) => return Ok(None),
                     Err(_) => {
                         tracing::info!(peer = %self.shared.peer, "handshake timed out");
@@ -114,7 +114,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         let deadline = Instant::now() + self.broker.config.handshake_timeout();
         while self.buf.len() < 8 {
             match tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
+                Ok(Ok(n)) if n > 0 => self.shared.received(n),
                 _ => return Ok(false),
             }
         }

@@ -47,6 +47,9 @@ pub struct ConnShared {
     pub channels: parking_lot::Mutex<BTreeMap<u16, Arc<ChannelShared>>>,
     /// Messages published on this connection (overall publish rate).
     pub published: AtomicU64,
+    /// Bytes and read calls received so far (management's `recv_oct`, `recv_cnt`).
+    pub recv_oct: AtomicU64,
+    pub recv_cnt: AtomicU64,
     /// Reads are paused by a resource alarm (shown as state `blocked`).
     pub blocked: AtomicBool,
     /// A close asked for from outside (management, vhost deletion): its reason.
@@ -97,10 +100,18 @@ impl ConnShared {
             }),
             channels: parking_lot::Mutex::new(BTreeMap::new()),
             published: AtomicU64::new(0),
+            recv_oct: AtomicU64::new(0),
+            recv_cnt: AtomicU64::new(0),
             blocked: AtomicBool::new(false),
             kill_reason: parking_lot::Mutex::new(None),
             kill: Notify::new(),
         })
+    }
+
+    /// Count one read of `n` bytes.
+    pub fn received(&self, n: usize) {
+        self.recv_oct.fetch_add(n as u64, Ordering::Relaxed);
+        self.recv_cnt.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Close this connection with 320 CONNECTION_FORCED and `reason`.
@@ -290,6 +301,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             Ok(0) | Err(_) => Ok(false),
             Ok(n) => {
                 self.filled_last_read = n >= room;
+                self.shared.received(n);
                 Ok(true)
             }
         }

@@ -7,7 +7,7 @@
 use crate::broker::queue::Queue;
 use bytes::BytesMut;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use tokio::sync::Notify;
 
@@ -15,6 +15,9 @@ pub struct Outbound {
     buf: Mutex<BytesMut>,
     /// Bytes waiting in `buf`, readable without the lock.
     pending: AtomicUsize,
+    /// Bytes and write calls sent so far (management's `send_oct`, `send_cnt`).
+    pub send_oct: AtomicU64,
+    pub send_cnt: AtomicU64,
     high_watermark: usize,
     /// Wakes the writer task.
     wake: Notify,
@@ -32,6 +35,8 @@ impl Outbound {
             // Grows with use; an idle connection keeps only what its handshake needed.
             buf: Mutex::new(BytesMut::new()),
             pending: AtomicUsize::new(0),
+            send_oct: AtomicU64::new(0),
+            send_cnt: AtomicU64::new(0),
             high_watermark,
             wake: Notify::new(),
             drained: Notify::new(),
@@ -147,6 +152,9 @@ pub async fn run_writer<W: tokio::io::AsyncWrite + Unpin>(
             out.close();
             break;
         }
+        out.send_oct
+            .fetch_add(local.len() as u64, Ordering::Relaxed);
+        out.send_cnt.fetch_add(1, Ordering::Relaxed);
         local.clear();
         // Keep a reasonably sized buffer, but do not hold on to a huge one after a burst.
         if local.capacity() > 4 * 1024 * 1024 {

@@ -40,6 +40,7 @@ pub fn connection_name(ctx: &Ctx, c: &ConnShared) -> String {
 fn connection_json(ctx: &Ctx, c: &ConnShared) -> Value {
     let info = c.info.read();
     let tls = info.tls.as_ref();
+    let (recv_rate, send_rate) = ctx.rates.connection_rates(c.id);
     let listener = match tls {
         Some(_) => ctx.amqps_addr.unwrap_or(ctx.amqp_addr),
         None => ctx.amqp_addr,
@@ -73,6 +74,13 @@ fn connection_json(ctx: &Ctx, c: &ConnShared) -> Value {
         "client_properties": table_to_json(&info.client_properties),
         "connected_at": info.connected_at,
         "published": c.published.load(Ordering::Relaxed),
+        "recv_oct": c.recv_oct.load(Ordering::Relaxed),
+        "recv_cnt": c.recv_cnt.load(Ordering::Relaxed),
+        "send_oct": c.out.send_oct.load(Ordering::Relaxed),
+        "send_cnt": c.out.send_cnt.load(Ordering::Relaxed),
+        "send_pend": c.out.pending(),
+        "recv_oct_details": {"rate": recv_rate},
+        "send_oct_details": {"rate": send_rate},
     })
 }
 

@@ -38,13 +38,23 @@ impl RateSet {
     }
 }
 
+/// A connection's counters at a sample, and its byte rates since the one before.
+#[derive(Debug, Default, Clone, Copy)]
+struct ConnSample {
+    published: u64,
+    recv_oct: u64,
+    send_oct: u64,
+    recv_rate: f64,
+    send_rate: f64,
+}
+
 #[derive(Default)]
 struct Inner {
     at: Option<Instant>,
     /// vhost → queue → counts at the last sample and the rates they gave.
     queues: HashMap<String, HashMap<String, (Counts, RateSet)>>,
-    /// connection id → its publish counter at the last sample.
-    conns: HashMap<u64, u64>,
+    /// connection id → its counters at the last sample and its byte rates.
+    conns: HashMap<u64, ConnSample>,
     /// Counters of queues and connections that are gone.
     retired: Counts,
     overall: (Counts, RateSet),
@@ -66,16 +76,33 @@ impl Rates {
                 m.insert(q.name().to_string(), q.stats.counts());
             }
         }
-        let conns: HashMap<u64, u64> = broker
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut conns: HashMap<u64, ConnSample> = broker
             .connections
             .iter()
-            .map(|c| (c.id, c.published.load(std::sync::atomic::Ordering::Relaxed)))
+            .map(|c| {
+                let sample = ConnSample {
+                    published: c.published.load(Relaxed),
+                    recv_oct: c.recv_oct.load(Relaxed),
+                    send_oct: c.out.send_oct.load(Relaxed),
+                    ..ConnSample::default()
+                };
+                (c.id, sample)
+            })
             .collect();
         let mut inner = self.inner.lock();
         let secs = inner
             .at
             .map(|t| now.duration_since(t).as_secs_f64())
             .filter(|s| *s > 0.0);
+        if let Some(secs) = secs {
+            for (id, c) in conns.iter_mut() {
+                if let Some(old) = inner.conns.get(id) {
+                    c.recv_rate = c.recv_oct.saturating_sub(old.recv_oct) as f64 / secs;
+                    c.send_rate = c.send_oct.saturating_sub(old.send_oct) as f64 / secs;
+                }
+            }
+        }
         // What disappeared since the last sample is retired with its last counts.
         let mut retired = inner.retired;
         for (v, qs) in &inner.queues {
@@ -87,13 +114,13 @@ impl Rates {
                 }
             }
         }
-        for (id, p) in &inner.conns {
+        for (id, c) in &inner.conns {
             if !conns.contains_key(id) {
-                retired.publish += p;
+                retired.publish += c.published;
             }
         }
         let mut total = retired;
-        total.publish += conns.values().sum::<u64>();
+        total.publish += conns.values().map(|c| c.published).sum::<u64>();
         let mut queues: HashMap<String, HashMap<String, (Counts, RateSet)>> = HashMap::new();
         for (v, qs) in current {
             let old_v = inner.queues.get(&v);
@@ -121,6 +148,16 @@ impl Rates {
             retired,
             overall: (total, overall_rates),
         };
+    }
+
+    /// Bytes per second received and sent by a connection, as of the last sample.
+    pub fn connection_rates(&self, id: u64) -> (f64, f64) {
+        self.inner
+            .lock()
+            .conns
+            .get(&id)
+            .map(|c| (c.recv_rate, c.send_rate))
+            .unwrap_or_default()
     }
 
     pub fn queue_rates(&self, vhost: &str, name: &str) -> RateSet {
@@ -151,9 +188,9 @@ impl Rates {
             total.publish += c.published.load(std::sync::atomic::Ordering::Relaxed);
         }
         // Connections closed since the last sample still count until it retires them.
-        for (id, p) in known_conns {
+        for (id, c) in known_conns {
             if !broker.connections.contains_key(&id) {
-                total.publish += p;
+                total.publish += c.published;
             }
         }
         (total, rates)
