@@ -801,7 +801,17 @@ async fn message_rates_come_from_sampled_counters() {
         .as_f64()
         .unwrap();
     assert!(rate > 10.0, "publish rate {rate}");
+    // 20 more ready messages between the samples: depth rates are positive.
+    for field in ["messages_ready_details", "messages_details"] {
+        let r = q[field]["rate"].as_f64().unwrap();
+        assert!(r > 10.0, "{field} {r}");
+    }
+    assert_eq!(q["messages_unacknowledged_details"]["rate"], 0.0);
     let o = a.ok("/api/overview").await;
+    let r = o["queue_totals"]["messages_ready_details"]["rate"]
+        .as_f64()
+        .unwrap();
+    assert!(r > 10.0, "overall ready rate {r}");
     assert!(
         o["message_stats"]["publish_details"]["rate"]
             .as_f64()

@@ -2,7 +2,7 @@
 
 use super::authn::Authed;
 use super::error::{ApiError, ApiResult};
-use super::rates::message_stats;
+use super::rates::{message_stats, Rate};
 use super::{metrics, Ctx, State};
 use axum::extract::Path;
 use axum::http::StatusCode;
@@ -68,7 +68,7 @@ async fn overview(axum::extract::State(ctx): State, user: Authed) -> Json<Value>
         .filter(|c| user.sees_connection(&c.info.read().user))
         .fold((0, 0), |(n, ch), c| (n + 1, ch + c.channels.lock().len()));
     let (counts, rates) = ctx.rates.overall(&ctx.broker);
-    let zero = json!({"rate": 0.0});
+    let depth = ctx.rates.overall_depth_rates();
     let listener = |protocol: &str, addr: std::net::SocketAddr| json!({"node": ctx.node, "protocol": protocol, "ip_address": addr.ip().to_string(), "port": addr.port()});
     let listeners: Vec<Value> = [
         Some(listener("amqp", ctx.amqp_addr)),
@@ -104,11 +104,11 @@ async fn overview(axum::extract::State(ctx): State, user: Authed) -> Json<Value>
         },
         "queue_totals": {
             "messages": ready + unacked,
-            "messages_details": zero,
+            "messages_details": Rate::of(depth.ready_rate + depth.unacked_rate),
             "messages_ready": ready,
-            "messages_ready_details": zero,
+            "messages_ready_details": Rate::of(depth.ready_rate),
             "messages_unacknowledged": unacked,
-            "messages_unacknowledged_details": zero,
+            "messages_unacknowledged_details": Rate::of(depth.unacked_rate),
         },
         "message_stats": message_stats(&counts, &rates),
         "listeners": listeners,

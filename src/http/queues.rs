@@ -90,8 +90,8 @@ impl Row for QueueRow {
 pub fn queue_row(ctx: &Ctx, v: &VHost, q: &Queue) -> QueueRow {
     let (ready, bytes, consumers) = q.depth();
     let unacked = q.stats.unacked();
-    let zero = Rate::of(0.0);
     let rates = ctx.rates.queue_rates(&v.name, q.name());
+    let depth = ctx.rates.queue_depth_rates(&v.name, q.name());
     let no_policies = v.settings.read().policies.is_empty();
     QueueRow {
         name: q.name().to_string(),
@@ -105,11 +105,11 @@ pub fn queue_row(ctx: &Ctx, v: &VHost, q: &Queue) -> QueueRow {
         kind: "classic",
         consumers,
         messages: ready + unacked,
-        messages_details: zero,
+        messages_details: Rate::of(depth.ready_rate + depth.unacked_rate),
         messages_ready: ready,
-        messages_ready_details: zero,
+        messages_ready_details: Rate::of(depth.ready_rate),
         messages_unacknowledged: unacked,
-        messages_unacknowledged_details: zero,
+        messages_unacknowledged_details: Rate::of(depth.unacked_rate),
         message_bytes: bytes,
         message_bytes_ready: bytes,
         effective_policy_definition: if no_policies {

@@ -38,6 +38,32 @@ impl RateSet {
     }
 }
 
+/// A queue's counters and depth at a sample, and the rates since the one before.
+#[derive(Debug, Default, Clone, Copy)]
+struct QueueSample {
+    counts: Counts,
+    rates: RateSet,
+    depth: Depth,
+}
+
+/// Ready and unacknowledged messages, and how fast each changed (per second, negative
+/// when shrinking): RabbitMQ's `messages_ready_details.rate` and friends.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Depth {
+    pub ready: u64,
+    pub unacked: u64,
+    pub ready_rate: f64,
+    pub unacked_rate: f64,
+}
+
+impl Depth {
+    fn since(mut self, old: &Depth, secs: f64) -> Self {
+        self.ready_rate = (self.ready as f64 - old.ready as f64) / secs;
+        self.unacked_rate = (self.unacked as f64 - old.unacked as f64) / secs;
+        self
+    }
+}
+
 /// A connection's counters at a sample, and its byte rates since the one before.
 #[derive(Debug, Default, Clone, Copy)]
 struct ConnSample {
@@ -51,13 +77,14 @@ struct ConnSample {
 #[derive(Default)]
 struct Inner {
     at: Option<Instant>,
-    /// vhost → queue → counts at the last sample and the rates they gave.
-    queues: HashMap<String, HashMap<String, (Counts, RateSet)>>,
+    /// vhost → queue → counts and depth at the last sample and the rates they gave.
+    queues: HashMap<String, HashMap<String, QueueSample>>,
     /// connection id → its counters at the last sample and its byte rates.
     conns: HashMap<u64, ConnSample>,
     /// Counters of queues and connections that are gone.
     retired: Counts,
     overall: (Counts, RateSet),
+    overall_depth: Depth,
 }
 
 #[derive(Default)]
@@ -69,11 +96,16 @@ impl Rates {
     /// Take a sample now.
     pub fn sample(&self, broker: &Broker) {
         let now = Instant::now();
-        let mut current: HashMap<String, HashMap<String, Counts>> = HashMap::new();
+        let mut current: HashMap<String, HashMap<String, (Counts, Depth)>> = HashMap::new();
         for v in broker.vhosts.iter() {
             let m = current.entry(v.name.clone()).or_default();
             for q in v.queues.iter() {
-                m.insert(q.name().to_string(), q.stats.counts());
+                let depth = Depth {
+                    ready: q.depth().0,
+                    unacked: q.stats.unacked(),
+                    ..Depth::default()
+                };
+                m.insert(q.name().to_string(), (q.stats.counts(), depth));
             }
         }
         use std::sync::atomic::Ordering::Relaxed;
@@ -106,9 +138,9 @@ impl Rates {
         // What disappeared since the last sample is retired with its last counts.
         let mut retired = inner.retired;
         for (v, qs) in &inner.queues {
-            for (name, (c, _)) in qs {
+            for (name, old) in qs {
                 if !current.get(v).is_some_and(|m| m.contains_key(name)) {
-                    let mut gone = *c;
+                    let mut gone = old.counts;
                     gone.publish = 0;
                     retired.add(&gone);
                 }
@@ -121,19 +153,30 @@ impl Rates {
         }
         let mut total = retired;
         total.publish += conns.values().map(|c| c.published).sum::<u64>();
-        let mut queues: HashMap<String, HashMap<String, (Counts, RateSet)>> = HashMap::new();
+        let mut queues: HashMap<String, HashMap<String, QueueSample>> = HashMap::new();
+        let mut total_depth = Depth::default();
         for (v, qs) in current {
             let old_v = inner.queues.get(&v);
             let mut m = HashMap::with_capacity(qs.len());
-            for (name, c) in qs {
+            for (name, (c, depth)) in qs {
                 let mut q = c;
                 q.publish = 0;
                 total.add(&q);
-                let rates = match (secs, old_v.and_then(|o| o.get(&name))) {
-                    (Some(s), Some((old, _))) => RateSet::between(old, &c, s),
-                    _ => RateSet::default(),
+                total_depth.ready += depth.ready;
+                total_depth.unacked += depth.unacked;
+                let sample = match (secs, old_v.and_then(|o| o.get(&name))) {
+                    (Some(s), Some(old)) => QueueSample {
+                        counts: c,
+                        rates: RateSet::between(&old.counts, &c, s),
+                        depth: depth.since(&old.depth, s),
+                    },
+                    _ => QueueSample {
+                        counts: c,
+                        rates: RateSet::default(),
+                        depth,
+                    },
                 };
-                m.insert(name, (c, rates));
+                m.insert(name, sample);
             }
             queues.insert(v, m);
         }
@@ -141,12 +184,17 @@ impl Rates {
             Some(s) => RateSet::between(&inner.overall.0, &total, s),
             None => RateSet::default(),
         };
+        let overall_depth = match secs {
+            Some(s) => total_depth.since(&inner.overall_depth, s),
+            None => total_depth,
+        };
         *inner = Inner {
             at: Some(now),
             queues,
             conns,
             retired,
             overall: (total, overall_rates),
+            overall_depth,
         };
     }
 
@@ -166,8 +214,25 @@ impl Rates {
             .queues
             .get(vhost)
             .and_then(|m| m.get(name))
-            .map(|(_, r)| *r)
+            .map(|q| q.rates)
             .unwrap_or_default()
+    }
+
+    /// How fast the queue's ready and unacknowledged counts changed between the last two
+    /// samples.
+    pub fn queue_depth_rates(&self, vhost: &str, name: &str) -> Depth {
+        self.inner
+            .lock()
+            .queues
+            .get(vhost)
+            .and_then(|m| m.get(name))
+            .map(|q| q.depth)
+            .unwrap_or_default()
+    }
+
+    /// The same over all queues.
+    pub fn overall_depth_rates(&self) -> Depth {
+        self.inner.lock().overall_depth
     }
 
     /// Overall counters as of now (live plus retired) and the last sampled rates.
