@@ -248,6 +248,11 @@ impl VHost {
     }
 
     /// Declare (or passively check) a queue. Returns the queue and whether it was created.
+    /// A vhost limit (`max-connections`, `max-queues`), None when unlimited.
+    pub fn limit(&self, key: &str) -> Option<u64> {
+        super::vhosts::limit_of(&self.settings.read().record.limits, key)
+    }
+
     pub fn declare_queue(
         self: &Arc<Self>,
         d: QueueDeclare,
@@ -263,6 +268,15 @@ impl VHost {
             )));
         }
         validate_queue_arguments(&d.arguments)?;
+        // Checked before taking the map entry: counting takes every shard's lock.
+        if let Some(max) = self.limit("max-queues") {
+            if !self.queues.contains_key(&d.name) && self.queues.len() as u64 >= max {
+                return Err(AmqpError::precondition(format!(
+                    "cannot declare queue '{}': queue limit in vhost '{}' ({max}) is reached",
+                    d.name, self.name
+                )));
+            }
+        }
         let spec = QueueSpec {
             name: d.name.clone(),
             durable: d.durable,

@@ -19,6 +19,17 @@ pub struct VhostRecord {
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_queue_type: Option<String>,
+    /// `max-connections`, `max-queues` (RabbitMQ's vhost limits); negative = no limit.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub limits: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The limit `key` in a limits object: None when absent or negative (RabbitMQ's "no limit").
+pub fn limit_of(limits: &serde_json::Map<String, serde_json::Value>, key: &str) -> Option<u64> {
+    limits
+        .get(key)
+        .and_then(|v| v.as_i64())
+        .and_then(|n| u64::try_from(n).ok())
 }
 
 /// What management sets on a vhost: its description and tags, and its policies.
@@ -83,11 +94,32 @@ impl Broker {
             v.settings.write().record = rec;
             return false;
         }
+        // (Callers that update a vhost pass its current limits along.)
         let vhost = VHost::new(&rec.name, self.store.clone());
         let name = rec.name.clone();
         vhost.settings.write().record = rec;
         self.vhosts.insert(name.clone(), vhost);
         tracing::info!(vhost = %name, "vhost created");
+        true
+    }
+
+    /// Replace a vhost's limits (kept with its record). False if there is no such vhost.
+    pub fn set_vhost_limits(
+        &self,
+        name: &str,
+        limits: serde_json::Map<String, serde_json::Value>,
+    ) -> bool {
+        let Some(v) = self.vhost(name) else {
+            return false;
+        };
+        let rec = {
+            let mut settings = v.settings.write();
+            settings.record.limits = limits;
+            settings.record.clone()
+        };
+        if let Some(store) = &self.store {
+            store.put_meta("vhost", &[&rec.name], &rec);
+        }
         true
     }
 

@@ -86,6 +86,44 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         }
     }
 
+    /// RabbitMQ's `max-connections` limits of the user and of the vhost, counted over the
+    /// open connections (only when a limit is set).
+    fn check_connection_limits(&self, v: &crate::broker::vhost::VHost) -> Result<(), AmqpError> {
+        use crate::broker::vhosts::limit_of;
+        let user_max = self
+            .broker
+            .auth
+            .user(&self.user)
+            .and_then(|u| limit_of(&u.limits, "max-connections"));
+        let vhost_max = v.limit("max-connections");
+        if user_max.is_none() && vhost_max.is_none() {
+            return Ok(());
+        }
+        let (mut of_user, mut in_vhost) = (0u64, 0u64);
+        for c in self.broker.connections.iter() {
+            let info = c.info.read();
+            if info.open {
+                of_user += u64::from(info.user == self.user);
+                in_vhost += u64::from(info.vhost == v.name);
+            }
+        }
+        if let Some(max) = user_max.filter(|m| of_user >= *m) {
+            return Err(AmqpError::not_allowed(format!(
+                "Connection refused for user '{}'. User connection limit ({max}) is reached",
+                self.user
+            ))
+            .at(10, 40));
+        }
+        if let Some(max) = vhost_max.filter(|m| in_vhost >= *m) {
+            return Err(AmqpError::not_allowed(format!(
+                "access to vhost '{}' refused for user '{}': connection limit ({max}) is reached",
+                v.name, self.user
+            ))
+            .at(10, 40));
+        }
+        Ok(())
+    }
+
     /// The next frame must be a connection-class method.
     async fn expect_method(
         &mut self,
@@ -268,7 +306,10 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 )
                 .at(10, 40))
             }
-            Some(v) => self.vhost = Some(v),
+            Some(v) => {
+                self.check_connection_limits(&v)?;
+                self.vhost = Some(v)
+            }
             None => {
                 return Err(AmqpError::new(
                     ReplyCode::NotAllowed,

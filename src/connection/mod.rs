@@ -595,6 +595,8 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 ))
                 .at(class_id, method_id));
             }
+            self.check_channel_limit()
+                .map_err(|e| e.at(class_id, method_id))?;
             let ch = Channel::new(id, self.shared.clone());
             self.shared.channels.lock().insert(id, ch.shared.clone());
             self.channels.insert(id, ch);
@@ -710,6 +712,35 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             }
             vhost.drop_exclusive_queues(self.shared.id);
         }
+    }
+}
+
+impl<R> Connection<R> {
+    /// The user's `max-channels` limit, counted over all its connections (only when set).
+    fn check_channel_limit(&self) -> Result<(), AmqpError> {
+        let Some(max) = self
+            .broker
+            .auth
+            .user(&self.user)
+            .and_then(|u| crate::broker::vhosts::limit_of(&u.limits, "max-channels"))
+        else {
+            return Ok(());
+        };
+        let open: u64 = self
+            .broker
+            .connections
+            .iter()
+            .filter(|c| c.info.read().user == self.user)
+            .map(|c| c.channels.lock().len() as u64)
+            .sum();
+        if open >= max {
+            return Err(AmqpError::not_allowed(format!(
+                "number of channels opened for user '{}' has reached the maximum allowed user \
+                 limit of ({max})",
+                self.user
+            )));
+        }
+        Ok(())
     }
 }
 

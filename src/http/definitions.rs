@@ -172,7 +172,18 @@ pub fn export(ctx: &Ctx, vhost: Option<&VHost>) -> Value {
                 ),
             );
             out.insert("topic_permissions".into(), json!([]));
-            out.insert("parameters".into(), json!([]));
+            // Vhost limits are runtime parameters in RabbitMQ's exports.
+            let parameters: Vec<Value> = vhosts
+                .iter()
+                .filter_map(|v| {
+                    let limits = v.settings.read().record.limits.clone();
+                    (!limits.is_empty()).then(|| {
+                        json!({"vhost": v.name, "component": "vhost-limits",
+                               "name": "limits", "value": limits})
+                    })
+                })
+                .collect();
+            out.insert("parameters".into(), Value::Array(parameters));
             out.insert(
                 "global_parameters".into(),
                 json!([{"name": "cluster_name", "value": "warrenmq"}]),
@@ -240,7 +251,23 @@ pub fn import(ctx: &Ctx, defs: &Value, only: Option<&str>) -> Result<(), String>
                     .get("default_queue_type")
                     .and_then(|d| d.as_str())
                     .map(str::to_string),
+                limits: broker
+                    .vhost(text(v, "name")?)
+                    .map(|v| v.settings.read().record.limits.clone())
+                    .unwrap_or_default(),
             });
+        }
+        for p in items(defs, "parameters") {
+            if p.get("component").and_then(|c| c.as_str()) == Some("vhost-limits") {
+                let limits = p
+                    .get("value")
+                    .and_then(|v| v.as_object())
+                    .cloned()
+                    .ok_or("vhost-limits parameter without a value object")?;
+                if !broker.set_vhost_limits(text(p, "vhost")?, limits) {
+                    return Err(format!("vhost-limits for unknown vhost {p}"));
+                }
+            }
         }
         for p in items(defs, "permissions") {
             set_from_json(ctx, text(p, "vhost")?, text(p, "user")?, p).map_err(|e| e.reason)?;

@@ -6,6 +6,7 @@
 //! - `connections` — connections (DELETE closes), channels, consumers
 //! - `exchanges`, `queues`, `bindings` — the AMQP model, HTTP publish and get
 //! - `vhosts`, `users`, `permissions`, `policies` — administration
+//! - `limits`      — user and vhost limits
 //! - `definitions` — export and import (RabbitMQ 3.x format)
 //! - `rates`       — counters sampled into message rates
 //! - `metrics`     — Prometheus text on `--metrics-addr`
@@ -23,6 +24,7 @@ pub mod definitions;
 mod error;
 mod exchanges;
 mod json;
+mod limits;
 mod list;
 pub mod metrics;
 mod overview;
@@ -88,6 +90,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .merge(users::routes())
         .merge(permissions::routes())
         .merge(policies::routes())
+        .merge(limits::routes())
         .merge(definitions::routes())
         .merge(dashboard::routes())
         .fallback(|| async { ApiError::not_found() })

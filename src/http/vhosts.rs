@@ -92,11 +92,17 @@ async fn put(
             .get("tags")
             .or_else(|| meta.and_then(|m| m.get("tags"))),
     );
+    let limits = ctx
+        .broker
+        .vhost(&name)
+        .map(|v| v.settings.read().record.limits.clone())
+        .unwrap_or_default();
     let created = ctx.broker.put_vhost(VhostRecord {
         name,
         description,
         tags,
         default_queue_type: body.str("default_queue_type").map(str::to_string),
+        limits,
     });
     Ok(if created {
         StatusCode::CREATED
