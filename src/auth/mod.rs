@@ -4,10 +4,12 @@
 //! - `sasl`        — PLAIN and AMQPLAIN responses
 //! - `password`    — RabbitMQ-format salted SHA-256/512 hashes
 //! - `permissions` — configure/write/read patterns and the checks each AMQP method needs
+//! - `topic`       — topic permissions: routing and binding keys on topic exchanges
 
 pub mod password;
 pub mod permissions;
 pub mod sasl;
+pub mod topic;
 
 pub use permissions::{Access, Kind, Perm, Permission};
 pub use sasl::AuthError;
@@ -64,6 +66,8 @@ pub struct Auth {
     users: RwLock<BTreeMap<String, Arc<User>>>,
     /// vhost → user → compiled permission (with its source record).
     permissions: RwLock<HashMap<String, VhostPermissions>>,
+    /// Topic permissions, per vhost.
+    topic_permissions: RwLock<topic::TopicTable>,
     /// Bumped on every permission or user change, so connections refresh their cache.
     generation: AtomicU64,
     /// Users that may only log in from a loopback address (RabbitMQ's `loopback_users`).
@@ -77,6 +81,7 @@ impl Auth {
         let auth = Auth {
             users: RwLock::new(BTreeMap::new()),
             permissions: RwLock::new(HashMap::new()),
+            topic_permissions: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
             loopback_users: vec!["guest".to_string()],
             store: None,
@@ -88,6 +93,11 @@ impl Auth {
             for p in s.scan_meta::<PermissionRecord>("perm", &[])? {
                 if let Err(e) = auth.set_permission(p.clone()) {
                     tracing::warn!(user = %p.user, vhost = %p.vhost, "permission not loaded: {e}");
+                }
+            }
+            for p in s.scan_meta::<topic::TopicPermissionRecord>("topic_perm", &[])? {
+                if let Err(e) = auth.set_topic_permission(p.clone()) {
+                    tracing::warn!(user = %p.user, vhost = %p.vhost, "topic permission not loaded: {e}");
                 }
             }
         }
@@ -135,6 +145,10 @@ impl Auth {
         for v in vhosts {
             self.clear_permission(&v, name);
         }
+        let vhosts: Vec<String> = self.topic_permissions.read().keys().cloned().collect();
+        for v in vhosts {
+            self.clear_topic_permissions(&v, name);
+        }
         self.bump();
         true
     }
@@ -174,8 +188,10 @@ impl Auth {
     /// A deleted vhost takes every permission in it along.
     pub fn clear_vhost(&self, vhost: &str) {
         self.permissions.write().remove(vhost);
+        self.topic_permissions.write().remove(vhost);
         if let Some(s) = &self.store {
             s.clear_meta("perm", &[vhost]);
+            s.clear_meta("topic_perm", &[vhost]);
         }
         self.bump();
     }

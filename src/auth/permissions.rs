@@ -164,7 +164,14 @@ pub struct Access {
     pub vhost: String,
     /// The user may publish with another user's `user_id` (tag `impersonator`).
     pub impersonator: bool,
-    cache: Mutex<(u64, Option<Arc<Permission>>)>,
+    cache: Mutex<Cached>,
+}
+
+/// The permissions a connection last looked up, and the generation they are from.
+struct Cached {
+    generation: u64,
+    permission: Option<Arc<Permission>>,
+    topics: Option<Arc<super::topic::TopicPermissions>>,
 }
 
 impl Access {
@@ -175,19 +182,58 @@ impl Access {
             user: user.to_string(),
             vhost: vhost.to_string(),
             impersonator,
-            cache: Mutex::new((u64::MAX, None)),
+            cache: Mutex::new(Cached {
+                generation: u64::MAX,
+                permission: None,
+                topics: None,
+            }),
         }
     }
 
     pub fn check(&self, perm: Perm, kind: Kind, name: &str) -> AmqpResult<()> {
         // The cache is this connection's own: the lock is uncontended and no shared
         // reference count is touched per check.
+        let c = self.cached();
+        check(
+            c.permission.as_deref(),
+            perm,
+            kind,
+            name,
+            &self.vhost,
+            &self.user,
+        )
+    }
+
+    fn cached(&self) -> parking_lot::MutexGuard<'_, Cached> {
         let generation = self.auth.generation();
         let mut c = self.cache.lock();
-        if c.0 != generation {
-            *c = (generation, self.auth.permission(&self.vhost, &self.user));
+        if c.generation != generation {
+            *c = Cached {
+                generation,
+                permission: self.auth.permission(&self.vhost, &self.user),
+                topics: self.auth.topic_permissions(&self.vhost, &self.user),
+            };
         }
-        check(c.1.as_deref(), perm, kind, name, &self.vhost, &self.user)
+        c
+    }
+
+    /// Topic permission on `key` for `perm` (write: publish; read: bind, unbind) when
+    /// `exchange` is a topic exchange. `is_topic` is asked only if the user has topic
+    /// permissions in this vhost at all.
+    pub fn topic(
+        &self,
+        perm: Perm,
+        exchange: &str,
+        key: &str,
+        is_topic: impl FnOnce() -> bool,
+    ) -> AmqpResult<()> {
+        let Some(topics) = self.cached().topics.clone() else {
+            return Ok(());
+        };
+        if !is_topic() {
+            return Ok(());
+        }
+        topics.check(perm, exchange, key, &self.vhost, &self.user)
     }
 
     /// basic.publish: write on the exchange.

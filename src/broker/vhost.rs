@@ -248,6 +248,13 @@ impl VHost {
     }
 
     /// Declare (or passively check) a queue. Returns the queue and whether it was created.
+    /// Is `name` an existing exchange of type topic (for topic permissions)?
+    pub fn is_topic_exchange(&self, name: &str) -> bool {
+        self.exchanges
+            .get(name)
+            .is_some_and(|x| x.spec.kind == super::exchange::ExchangeType::Topic)
+    }
+
     /// A vhost limit (`max-connections`, `max-queues`), None when unlimited.
     pub fn limit(&self, key: &str) -> Option<u64> {
         super::vhosts::limit_of(&self.settings.read().record.limits, key)

@@ -171,7 +171,15 @@ pub fn export(ctx: &Ctx, vhost: Option<&VHost>) -> Value {
                         .collect(),
                 ),
             );
-            out.insert("topic_permissions".into(), json!([]));
+            out.insert(
+                "topic_permissions".into(),
+                Value::Array(
+                    auth.topic_permission_records(None, None)
+                        .iter()
+                        .map(super::topic_permissions::topic_permission_json)
+                        .collect(),
+                ),
+            );
             // Vhost limits are runtime parameters in RabbitMQ's exports.
             let parameters: Vec<Value> = vhosts
                 .iter()
@@ -271,6 +279,10 @@ pub fn import(ctx: &Ctx, defs: &Value, only: Option<&str>) -> Result<(), String>
         }
         for p in items(defs, "permissions") {
             set_from_json(ctx, text(p, "vhost")?, text(p, "user")?, p).map_err(|e| e.reason)?;
+        }
+        for p in items(defs, "topic_permissions") {
+            super::topic_permissions::set_from_json(ctx, text(p, "vhost")?, text(p, "user")?, p)
+                .map_err(|e| e.reason)?;
         }
     }
     let vhost_of = |item: &Value| -> Result<Arc<VHost>, String> {

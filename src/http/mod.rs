@@ -7,6 +7,7 @@
 //! - `exchanges`, `queues`, `bindings` — the AMQP model, HTTP publish and get
 //! - `vhosts`, `users`, `permissions`, `policies` — administration
 //! - `limits`      — user and vhost limits
+//! - `topic_permissions` — topic permissions
 //! - `definitions` — export and import (RabbitMQ 3.x format)
 //! - `rates`       — counters sampled into message rates
 //! - `metrics`     — Prometheus text on `--metrics-addr`
@@ -33,6 +34,7 @@ mod policies;
 mod queues;
 pub mod rates;
 pub mod tls;
+mod topic_permissions;
 mod users;
 mod vhosts;
 
@@ -91,6 +93,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .merge(permissions::routes())
         .merge(policies::routes())
         .merge(limits::routes())
+        .merge(topic_permissions::routes())
         .merge(definitions::routes())
         .merge(dashboard::routes())
         .fallback(|| async { ApiError::not_found() })
