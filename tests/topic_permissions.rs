@@ -142,6 +142,15 @@ async fn topic_permissions_over_http_and_amqp() {
         .await;
     assert_eq!(failure(r).0, 403);
 
+    // HTTP publish is held to the same patterns.
+    let body = |key: &str| {
+        json!({"properties": {}, "routing_key": key, "payload": "m",
+                                  "payload_encoding": "string"})
+    };
+    let path = "/api/exchanges/%2F/amq.topic/publish";
+    assert_eq!(a.post(path, body("gpu.x")).await.0, 200);
+    assert_eq!(a.post(path, body("cpu.x")).await.0, 403);
+
     // Cleared: everything is allowed again.
     let (s, _) = a.delete("/api/topic-permissions/%2F/guest").await;
     assert_eq!(s, 204);

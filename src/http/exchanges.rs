@@ -227,6 +227,13 @@ async fn publish(
         .str("routing_key")
         .ok_or_else(|| ApiError::bad_request("routing_key is required"))?
         .to_string();
+    // Topic permissions apply to HTTP publishes as to AMQP ones.
+    if e.spec.kind == crate::broker::exchange::ExchangeType::Topic {
+        if let Some(t) = ctx.broker.auth.topic_permissions(&vhost, user.name()) {
+            t.check(Perm::Write, name, &routing_key, &vhost, user.name())
+                .map_err(|e| ApiError::forbidden(e.text))?;
+        }
+    }
     let payload = body
         .str("payload")
         .ok_or_else(|| ApiError::bad_request("payload is required"))?;
