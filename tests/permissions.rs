@@ -55,19 +55,6 @@ async fn connect_as(b: &TestBroker, user: &str, vhost: &str) -> Result<Connectio
     .await
 }
 
-/// (reply code, reply text) of a failed operation.
-fn failure<T>(r: Result<T, lapin::Error>) -> (u16, String) {
-    match r {
-        Ok(_) => panic!("expected an AMQP error, the operation succeeded"),
-        Err(e) => match e.kind() {
-            lapin::ErrorKind::ProtocolError(amqp) => {
-                (amqp.get_id(), amqp.get_message().to_string())
-            }
-            other => panic!("not a protocol error: {other:?}"),
-        },
-    }
-}
-
 fn refused(kind: &str, name: &str) -> (u16, String) {
     (
         403,

@@ -11,19 +11,6 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use serde_json::json;
 
-/// (reply code, reply text) of a failed operation.
-fn failure<T>(r: Result<T, lapin::Error>) -> (u16, String) {
-    match r {
-        Ok(_) => panic!("expected an AMQP error, the operation succeeded"),
-        Err(e) => match e.kind() {
-            lapin::ErrorKind::ProtocolError(amqp) => {
-                (amqp.get_id(), amqp.get_message().to_string())
-            }
-            other => panic!("not a protocol error: {other:?}"),
-        },
-    }
-}
-
 /// Publish in confirm mode and wait for the confirm: a refusal arrives as the error.
 async fn publish_confirmed(ch: &Channel, exchange: &str, key: &str) -> Result<(), lapin::Error> {
     let confirm = within(

@@ -104,6 +104,19 @@ pub fn reply_code(e: &lapin::Error) -> Option<u16> {
     }
 }
 
+/// (reply code, reply text) of an operation that must have failed with an AMQP error.
+pub fn failure<T>(r: Result<T, lapin::Error>) -> (u16, String) {
+    match r {
+        Ok(_) => panic!("expected an AMQP error, the operation succeeded"),
+        Err(e) => match e.kind() {
+            lapin::ErrorKind::ProtocolError(amqp) => {
+                (amqp.get_id(), amqp.get_message().to_string())
+            }
+            other => panic!("not a protocol error: {other:?}"),
+        },
+    }
+}
+
 pub async fn declare(ch: &Channel, name: &str) {
     within(
         "queue.declare",
