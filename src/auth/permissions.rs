@@ -237,8 +237,29 @@ impl Access {
     }
 
     /// basic.publish: write on the exchange.
-    pub fn publish(&self, exchange: &str) -> AmqpResult<()> {
-        self.check(Perm::Write, Kind::Exchange, exchange)
+    /// With the topic permission on the routing key when the exchange is a topic exchange,
+    /// in one cache lookup: this runs for every message.
+    pub fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        is_topic: impl FnOnce() -> bool,
+    ) -> AmqpResult<()> {
+        let c = self.cached();
+        check(
+            c.permission.as_deref(),
+            Perm::Write,
+            Kind::Exchange,
+            exchange,
+            &self.vhost,
+            &self.user,
+        )?;
+        match &c.topics {
+            Some(t) if is_topic() => {
+                t.check(Perm::Write, exchange, routing_key, &self.vhost, &self.user)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// basic.get, basic.consume, queue.purge: read on the queue.

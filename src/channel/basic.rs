@@ -21,13 +21,10 @@ impl Channel {
                 if p.immediate {
                     return Err(AmqpError::not_implemented("immediate=true"));
                 }
-                ctx.access.publish(p.exchange.as_str())?;
-                ctx.access.topic(
-                    crate::auth::Perm::Write,
-                    p.exchange.as_str(),
-                    p.routing_key.as_str(),
-                    || ctx.vhost.is_topic_exchange(p.exchange.as_str()),
-                )?;
+                ctx.access
+                    .publish(p.exchange.as_str(), p.routing_key.as_str(), || {
+                        ctx.vhost.is_topic_exchange(p.exchange.as_str())
+                    })?;
                 self.content.start(PendingPublish {
                     exchange: p.exchange.as_str().to_string(),
                     routing_key: p.routing_key.as_str().to_string(),
