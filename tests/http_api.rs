@@ -653,6 +653,96 @@ async fn connections_channels_consumers_and_closing_one() {
         vec![(1, false, false), (2, true, false), (3, false, true)]
     );
 
+    // What a channel holds back: a transaction's publishes and acks, the consumer prefetch.
+    confirming
+        .basic_qos(7, BasicQosOptions::default())
+        .await
+        .unwrap();
+    transacting
+        .queue_declare(
+            "held".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    confirming
+        .basic_publish(
+            "".into(),
+            "held".into(),
+            BasicPublishOptions::default(),
+            b"m",
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let got = transacting
+        .basic_get("held".into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+        .expect("a message");
+    transacting
+        .basic_ack(got.delivery.delivery_tag, BasicAckOptions::default())
+        .await
+        .unwrap();
+    for body in [b"a", b"b"] {
+        transacting
+            .basic_publish(
+                "".into(),
+                "held".into(),
+                BasicPublishOptions::default(),
+                body,
+                Default::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let held = |chans: &Value, n: i64| -> Vec<Value> {
+        let c = chans
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["number"] == n)
+            .unwrap()
+            .clone();
+        [
+            "prefetch_count",
+            "messages_unconfirmed",
+            "messages_uncommitted",
+            "acks_uncommitted",
+        ]
+        .iter()
+        .map(|k| c[*k].clone())
+        .collect()
+    };
+    // The publishes are read by the broker after basic.get-ok, ack and publish were sent:
+    // poll until the transaction shows them, bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let chans = a.ok("/api/channels").await;
+        if held(&chans, 3) == vec![json!(0), json!(0), json!(2), json!(1)] {
+            assert_eq!(
+                held(&chans, 2),
+                vec![json!(7), json!(0), json!(0), json!(0)]
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "transaction not shown: {:?}",
+            held(&chans, 3)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    transacting.tx_commit().await.unwrap();
+    assert_eq!(
+        held(&a.ok("/api/channels").await, 3),
+        vec![json!(0), json!(0), json!(0), json!(0)]
+    );
+    assert_eq!(a.ok("/api/queues/%2F/held").await["messages"], 2);
+
     // DELETE closes it with 320.
     let r = a
         .req(reqwest::Method::DELETE, &format!("/api/connections/{enc}"))

@@ -11,7 +11,7 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::encode;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// A delivered, not yet acknowledged message.
@@ -47,6 +47,13 @@ pub struct ChannelShared {
     /// In confirm mode / in tx mode, for the management API.
     pub confirm: AtomicBool,
     pub transactional: AtomicBool,
+    /// Mirrors of the channel task's own state, for the management API: the basic.qos
+    /// global=false prefetch, publishes not yet confirmed (updated once per read batch),
+    /// and the publishes and acks an open transaction holds.
+    pub consumer_prefetch: AtomicU32,
+    pub unconfirmed: AtomicU64,
+    pub uncommitted_messages: AtomicU32,
+    pub uncommitted_acks: AtomicU32,
 }
 
 impl ChannelShared {
@@ -64,6 +71,10 @@ impl ChannelShared {
             closed: AtomicBool::new(false),
             confirm: AtomicBool::new(false),
             transactional: AtomicBool::new(false),
+            consumer_prefetch: AtomicU32::new(0),
+            unconfirmed: AtomicU64::new(0),
+            uncommitted_messages: AtomicU32::new(0),
+            uncommitted_acks: AtomicU32::new(0),
         })
     }
 

@@ -61,6 +61,9 @@ impl Channel {
                         .store(q.prefetch_count as u32, Ordering::Relaxed);
                 } else {
                     self.consumer_prefetch = q.prefetch_count as u32;
+                    self.shared
+                        .consumer_prefetch
+                        .store(self.consumer_prefetch, Ordering::Relaxed);
                 }
                 self.send(ctx, AMQPClass::Basic(AMQPMethod::QosOk(b::QosOk {})));
                 // A raised limit may let waiting messages through.
@@ -121,6 +124,7 @@ impl Channel {
     fn settle(&mut self, taken: Vec<Unacked>, reject: Option<bool>) {
         if let Mode::Tx { acks, .. } = &mut self.mode {
             acks.push(TxAck { taken, reject });
+            self.note_uncommitted();
             return;
         }
         apply_settle(taken, reject);
@@ -323,6 +327,7 @@ impl Channel {
         };
         if let Mode::Tx { publishes, .. } = &mut self.mode {
             publishes.push(TxPublish { publish, msg });
+            self.note_uncommitted();
             return Ok(());
         }
         let routed = self.route_and_deliver(ctx, &exchange, &publish, msg);

@@ -82,6 +82,7 @@ impl Channel {
                 for a in acks {
                     apply_settle(a.taken, a.reject);
                 }
+                self.note_uncommitted();
                 self.dispatch_consumed_queues();
                 match (&ctx.broker.store, persisted) {
                     // commit-ok only once the persistent messages are on disk.
@@ -104,6 +105,7 @@ impl Channel {
                     .flat_map(|a| a.taken)
                     .collect();
                 self.shared.restore(held);
+                self.note_uncommitted();
                 self.send(
                     ctx,
                     AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),

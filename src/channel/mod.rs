@@ -242,15 +242,36 @@ impl Channel {
                 }
                 Some((seq, _, _)) => {
                     c.ack_upto(shared, seq - 1);
-                    return;
+                    break;
                 }
                 None => {
                     let last = c.last_seq;
                     c.ack_upto(shared, last);
-                    return;
+                    break;
                 }
             }
         }
+        shared
+            .unconfirmed
+            .store(c.last_seq - c.reported, Ordering::Relaxed);
+    }
+
+    /// Mirror the size of the open transaction for the management API.
+    fn note_uncommitted(&self) {
+        let (messages, acks) = match &self.mode {
+            Mode::Tx { publishes, acks } => (
+                publishes.len(),
+                acks.iter()
+                    .filter(|a| a.reject.is_none())
+                    .map(|a| a.taken.len())
+                    .sum(),
+            ),
+            _ => (0, 0),
+        };
+        let s = &self.shared;
+        s.uncommitted_messages
+            .store(messages as u32, Ordering::Relaxed);
+        s.uncommitted_acks.store(acks as u32, Ordering::Relaxed);
     }
 
     /// Confirms are held until the store flushes.

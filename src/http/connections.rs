@@ -192,6 +192,12 @@ fn channels_of(ctx: &Ctx, conns: &[Arc<ConnShared>]) -> Vec<Value> {
                 "global_prefetch_count": ch.global_prefetch.load(Ordering::Relaxed),
                 "confirm": ch.confirm.load(Ordering::Relaxed),
                 "transactional": ch.transactional.load(Ordering::Relaxed),
+                "prefetch_count": ch.consumer_prefetch.load(Ordering::Relaxed),
+                "messages_unconfirmed": ch.unconfirmed.load(Ordering::Relaxed),
+                "messages_uncommitted": ch.uncommitted_messages.load(Ordering::Relaxed),
+                "acks_uncommitted": ch.uncommitted_acks.load(Ordering::Relaxed),
+                "pending_raft_commands": 0,
+                "user_who_performed_action": info.user,
             }));
         }
     }
