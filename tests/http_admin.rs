@@ -301,7 +301,7 @@ async fn policies_apply_to_matching_queues_and_arguments_win() {
     let q = a.ok("/api/queues/%2F/capped.a").await;
     assert_eq!(q["policy"], "cap");
     assert_eq!(q["effective_policy_definition"]["max-length"], 2);
-    assert!(a.ok("/api/queues/%2F/free").await.get("policy").is_none());
+    assert!(a.ok("/api/queues/%2F/free").await["policy"].is_null());
 
     // Bad policies.
     assert_eq!(

@@ -6,6 +6,11 @@
 //! for dead-letter-exchange, dead-letter-routing-key and overflow the argument is used when
 //! present; for the numeric limits message-ttl, expires, max-length, max-length-bytes and
 //! delivery-limit the smaller of the two applies.
+//!
+//! Operator policies are a second set, written by administrators only and limited to numeric
+//! queue limits. The matching operator policy is merged with the matching user policy, the
+//! smaller value winning where both set a key, so operators can cap what users ask for but
+//! never raise it.
 
 use crate::broker::args::{get, int_value};
 use crate::protocol::{AMQPValue, FieldTable, LongString};
@@ -64,6 +69,24 @@ pub struct PolicyRecord {
     pub priority: i64,
 }
 
+/// User policies (`/api/policies`) or operator policies (`/api/operator-policies`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyKind {
+    User,
+    Operator,
+}
+
+impl PolicyKind {
+    /// Where the records are kept in the store's meta tree; for operator policies also
+    /// the runtime-parameter component they are exported under, as RabbitMQ does.
+    pub fn meta(self) -> &'static str {
+        match self {
+            Self::User => "policy",
+            Self::Operator => "operator_policy",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub record: PolicyRecord,
@@ -82,6 +105,17 @@ const QUEUE_KEYS: &[(&str, &str)] = &[
     ("delivery-limit", "x-delivery-limit"),
 ];
 
+/// The only keys an operator policy may set (RabbitMQ 3.10's list).
+const OPERATOR_KEYS: &[&str] = &[
+    "expires",
+    "message-ttl",
+    "max-length",
+    "max-length-bytes",
+    "max-in-memory-length",
+    "max-in-memory-bytes",
+    "delivery-limit",
+];
+
 /// Numeric keys where the smaller of argument and policy applies.
 const MIN_KEYS: &[&str] = &[
     "x-message-ttl",
@@ -93,17 +127,35 @@ const MIN_KEYS: &[&str] = &[
 
 impl Policy {
     /// Validate a policy record (400-worthy errors are returned as text).
-    pub fn new(record: PolicyRecord) -> Result<Self, String> {
+    pub fn new(record: PolicyRecord, kind: PolicyKind) -> Result<Self, String> {
         let re = Regex::new(&record.pattern)
             .map_err(|e| format!("invalid pattern '{}': {e}", record.pattern))?;
         if record.definition.is_empty() {
             return Err("policy definition must not be empty".into());
         }
+        if kind == PolicyKind::Operator {
+            let unknown: Vec<&str> = record
+                .definition
+                .keys()
+                .map(String::as_str)
+                .filter(|k| !OPERATOR_KEYS.contains(k))
+                .collect();
+            if !unknown.is_empty() {
+                return Err(format!(
+                    "Validation failed: {unknown:?} are not recognised operator policy \
+                     settings (allowed: {})",
+                    OPERATOR_KEYS.join(", ")
+                ));
+            }
+        }
         for (k, v) in &record.definition {
             let ok = match k.as_str() {
-                "message-ttl" | "max-length" | "max-length-bytes" | "delivery-limit" => {
-                    v.as_i64().is_some_and(|n| n >= 0)
-                }
+                "message-ttl"
+                | "max-length"
+                | "max-length-bytes"
+                | "delivery-limit"
+                | "max-in-memory-length"
+                | "max-in-memory-bytes" => v.as_i64().is_some_and(|n| n >= 0),
                 "expires" => v.as_i64().is_some_and(|n| n > 0),
                 "overflow" => matches!(
                     v.as_str(),
@@ -161,14 +213,39 @@ fn json_to_arg(v: &Value) -> Option<AMQPValue> {
     }
 }
 
-/// A queue's effective arguments: its own, completed and limited by its policy.
-pub fn effective_queue_arguments(arguments: &FieldTable, policy: Option<&Policy>) -> FieldTable {
-    let Some(policy) = policy else {
+/// The definition in force for a queue: its user policy's, merged with its operator
+/// policy's, the smaller number winning where both set a key (RabbitMQ's
+/// `effective_policy_definition`).
+pub fn effective_definition(
+    policy: Option<&Policy>,
+    operator: Option<&Policy>,
+) -> Map<String, Value> {
+    let mut out = policy
+        .map(|p| p.record.definition.clone())
+        .unwrap_or_default();
+    for (k, ov) in operator.iter().flat_map(|o| o.record.definition.iter()) {
+        let merged = match (out.get(k).and_then(Value::as_i64), ov.as_i64()) {
+            (Some(p), Some(o)) => Value::from(p.min(o)),
+            _ => ov.clone(),
+        };
+        out.insert(k.clone(), merged);
+    }
+    out
+}
+
+/// A queue's effective arguments: its own, completed and limited by its policies.
+pub fn effective_queue_arguments(
+    arguments: &FieldTable,
+    policy: Option<&Policy>,
+    operator: Option<&Policy>,
+) -> FieldTable {
+    if policy.is_none() && operator.is_none() {
         return arguments.clone();
-    };
+    }
+    let definition = effective_definition(policy, operator);
     let mut out = arguments.clone();
     for (key, arg) in QUEUE_KEYS {
-        let Some(pv) = policy.record.definition.get(*key).and_then(json_to_arg) else {
+        let Some(pv) = definition.get(*key).and_then(json_to_arg) else {
             continue;
         };
         let merged = match get(arguments, arg) {
@@ -204,16 +281,23 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn policy(name: &str, pattern: &str, priority: i64, def: Value) -> Policy {
-        Policy::new(PolicyRecord {
+    fn record(name: &str, pattern: &str, priority: i64, def: Value) -> PolicyRecord {
+        PolicyRecord {
             vhost: "/".into(),
             name: name.into(),
             pattern: pattern.into(),
             apply_to: ApplyTo::Queues,
             definition: def.as_object().unwrap().clone(),
             priority,
-        })
-        .unwrap()
+        }
+    }
+
+    fn policy(name: &str, pattern: &str, priority: i64, def: Value) -> Policy {
+        Policy::new(record(name, pattern, priority, def), PolicyKind::User).unwrap()
+    }
+
+    fn operator(def: Value) -> Policy {
+        Policy::new(record("op", ".*", 0, def), PolicyKind::Operator).unwrap()
     }
 
     #[test]
@@ -243,7 +327,7 @@ mod tests {
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString("mine".into()),
         );
-        let eff = effective_queue_arguments(&args, Some(&p));
+        let eff = effective_queue_arguments(&args, Some(&p), None);
         assert_eq!(get(&eff, "x-max-length").and_then(int_value), Some(10));
         assert_eq!(get(&eff, "x-message-ttl").and_then(int_value), Some(1000));
         assert_eq!(
@@ -266,13 +350,52 @@ mod tests {
             definition: def.as_object().unwrap().clone(),
             priority: 0,
         };
-        assert!(Policy::new(rec(json!({"max-length": -1}))).is_err());
-        assert!(Policy::new(rec(json!({"overflow": "nope"}))).is_err());
-        assert!(Policy::new(rec(json!({}))).is_err());
-        assert!(Policy::new(PolicyRecord {
-            pattern: "(".into(),
-            ..rec(json!({"expires": 1}))
-        })
+        let user = |def| Policy::new(rec(def), PolicyKind::User);
+        assert!(user(json!({"max-length": -1})).is_err());
+        assert!(user(json!({"overflow": "nope"})).is_err());
+        assert!(user(json!({})).is_err());
+        assert!(Policy::new(
+            PolicyRecord {
+                pattern: "(".into(),
+                ..rec(json!({"expires": 1}))
+            },
+            PolicyKind::User
+        )
         .is_err());
+        // Operator policies take numeric queue limits only.
+        let op = |def| Policy::new(rec(def), PolicyKind::Operator);
+        assert!(op(json!({"dead-letter-exchange": "x"})).is_err());
+        assert!(op(json!({"overflow": "reject-publish"})).is_err());
+        assert!(op(json!({"expires": 0})).is_err());
+        assert!(op(json!({"max-in-memory-length": 5, "delivery-limit": 3})).is_ok());
+    }
+
+    #[test]
+    fn operator_policy_caps_but_never_raises() {
+        let user = policy(
+            "up",
+            ".*",
+            0,
+            json!({"max-length": 3, "message-ttl": 90000, "dead-letter-exchange": "dlx"}),
+        );
+        let op = operator(json!({"max-length": 5, "message-ttl": 60000, "expires": 1000}));
+        // As RabbitMQ reports it: the smaller of each, the rest from whichever sets it.
+        assert_eq!(
+            Value::Object(effective_definition(Some(&user), Some(&op))),
+            json!({"max-length": 3, "message-ttl": 60000, "expires": 1000,
+                   "dead-letter-exchange": "dlx"})
+        );
+        assert_eq!(
+            Value::Object(effective_definition(None, Some(&op))),
+            json!({"max-length": 5, "message-ttl": 60000, "expires": 1000})
+        );
+        // A queue argument below the cap stays; one above it is cut to the cap.
+        let mut args = FieldTable::default();
+        args.insert("x-message-ttl".into(), AMQPValue::LongInt(30000));
+        args.insert("x-expires".into(), AMQPValue::LongInt(5000));
+        let eff = effective_queue_arguments(&args, Some(&user), Some(&op));
+        assert_eq!(get(&eff, "x-message-ttl").and_then(int_value), Some(30000));
+        assert_eq!(get(&eff, "x-expires").and_then(int_value), Some(1000));
+        assert_eq!(get(&eff, "x-max-length").and_then(int_value), Some(3));
     }
 }

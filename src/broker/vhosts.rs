@@ -2,7 +2,7 @@
 //! store's `meta` tree), and set or clear policies, re-applying them to the queues and
 //! exchanges they match.
 
-use super::policy::{self, Policy, PolicyRecord};
+use super::policy::{self, Policy, PolicyKind, PolicyRecord};
 use super::vhost::VHost;
 use super::Broker;
 use crate::store::StoreError;
@@ -38,6 +38,36 @@ pub struct VhostSettings {
     pub record: VhostRecord,
     /// Sorted by name.
     pub policies: Vec<Policy>,
+    /// Sorted by name.
+    pub operator_policies: Vec<Policy>,
+}
+
+impl VhostSettings {
+    pub fn policies_of(&self, kind: PolicyKind) -> &[Policy] {
+        match kind {
+            PolicyKind::User => &self.policies,
+            PolicyKind::Operator => &self.operator_policies,
+        }
+    }
+
+    fn policies_of_mut(&mut self, kind: PolicyKind) -> &mut Vec<Policy> {
+        match kind {
+            PolicyKind::User => &mut self.policies,
+            PolicyKind::Operator => &mut self.operator_policies,
+        }
+    }
+
+    /// No policy of either kind: queues keep their declared arguments.
+    pub fn no_queue_policies(&self) -> bool {
+        self.policies.is_empty() && self.operator_policies.is_empty()
+    }
+}
+
+/// What the policies make of one queue, as the management API shows it.
+pub struct QueuePolicies {
+    pub policy: Option<String>,
+    pub operator_policy: Option<String>,
+    pub definition: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Broker {
@@ -63,24 +93,23 @@ impl Broker {
         Ok(recs)
     }
 
-    /// Give a recovered vhost its record and stored policies.
+    /// Give a recovered vhost its record and stored policies of both kinds.
     pub(super) fn load_vhost_settings(
         &self,
         vhost: &VHost,
         rec: VhostRecord,
     ) -> Result<(), StoreError> {
-        let mut policies = Vec::new();
-        if let Some(store) = &self.store {
-            for p in store.scan_meta::<PolicyRecord>("policy", &[&rec.name])? {
-                match Policy::new(p) {
-                    Ok(p) => policies.push(p),
+        let mut s = vhost.settings.write();
+        for kind in [PolicyKind::User, PolicyKind::Operator] {
+            let Some(store) = &self.store else { break };
+            for p in store.scan_meta::<PolicyRecord>(kind.meta(), &[&rec.name])? {
+                match Policy::new(p, kind) {
+                    Ok(p) => s.policies_of_mut(kind).push(p),
                     Err(e) => tracing::warn!(vhost = %rec.name, "policy not loaded: {e}"),
                 }
             }
         }
-        let mut s = vhost.settings.write();
         s.record = rec;
-        s.policies = policies;
         Ok(())
     }
 
@@ -141,7 +170,8 @@ impl Broker {
         if let Some(store) = &self.store {
             store.remove_vhost_definitions(name);
             store.del_meta("vhost", &[name]);
-            store.clear_meta("policy", &[name]);
+            store.clear_meta(PolicyKind::User.meta(), &[name]);
+            store.clear_meta(PolicyKind::Operator.meta(), &[name]);
         }
         self.auth.clear_vhost(name);
         tracing::info!(vhost = %name, "vhost deleted");
@@ -149,47 +179,48 @@ impl Broker {
     }
 
     /// Set a policy (validated) and apply it. Ok(true) if it is new.
-    pub fn put_policy(&self, rec: PolicyRecord) -> Result<bool, String> {
+    pub fn put_policy(&self, kind: PolicyKind, rec: PolicyRecord) -> Result<bool, String> {
         let vhost = self
             .vhost(&rec.vhost)
             .ok_or_else(|| format!("no vhost '{}'", rec.vhost))?;
-        let p = Policy::new(rec)?;
+        let p = Policy::new(rec, kind)?;
         if let Some(store) = &self.store {
-            store.put_meta("policy", &[&p.record.vhost, &p.record.name], &p.record);
+            store.put_meta(kind.meta(), &[&p.record.vhost, &p.record.name], &p.record);
         }
         let created = {
             let mut s = vhost.settings.write();
-            let created = match s.policies.iter().position(|x| x.name() == p.name()) {
+            let list = s.policies_of_mut(kind);
+            match list.iter().position(|x| x.name() == p.name()) {
                 Some(i) => {
-                    s.policies[i] = p;
+                    list[i] = p;
                     false
                 }
                 None => {
-                    s.policies.push(p);
-                    s.policies.sort_by(|a, b| a.name().cmp(b.name()));
+                    list.push(p);
+                    list.sort_by(|a, b| a.name().cmp(b.name()));
                     true
                 }
-            };
-            created
+            }
         };
         vhost.apply_policies();
         Ok(created)
     }
 
     /// Remove a policy; false if there was none.
-    pub fn delete_policy(&self, vhost_name: &str, name: &str) -> bool {
+    pub fn delete_policy(&self, kind: PolicyKind, vhost_name: &str, name: &str) -> bool {
         let Some(vhost) = self.vhost(vhost_name) else {
             return false;
         };
         let removed = {
             let mut s = vhost.settings.write();
-            let before = s.policies.len();
-            s.policies.retain(|p| p.name() != name);
-            before != s.policies.len()
+            let list = s.policies_of_mut(kind);
+            let before = list.len();
+            list.retain(|p| p.name() != name);
+            before != list.len()
         };
         if removed {
             if let Some(store) = &self.store {
-                store.del_meta("policy", &[vhost_name, name]);
+                store.del_meta(kind.meta(), &[vhost_name, name]);
             }
             vhost.apply_policies();
         }
@@ -204,22 +235,22 @@ impl VHost {
         policy::matching(&s.policies, name, queue).map(|p| p.name().to_string())
     }
 
-    /// The policy definition that applies to a queue or exchange (`{}` if none).
-    pub fn policy_definition(
-        &self,
-        name: &str,
-        queue: bool,
-    ) -> serde_json::Map<String, serde_json::Value> {
+    /// The user and operator policies that apply to a queue, and their merged definition.
+    pub fn queue_policies(&self, name: &str) -> QueuePolicies {
         let s = self.settings.read();
-        policy::matching(&s.policies, name, queue)
-            .map(|p| p.record.definition.clone())
-            .unwrap_or_default()
+        let user = policy::matching(&s.policies, name, true);
+        let operator = policy::matching(&s.operator_policies, name, true);
+        QueuePolicies {
+            policy: user.map(|p| p.name().to_string()),
+            operator_policy: operator.map(|p| p.name().to_string()),
+            definition: policy::effective_definition(user, operator),
+        }
     }
 
-    /// A new queue: apply the policy that matches it, if any (its declared arguments are
+    /// A new queue: apply the policies that match it, if any (its declared arguments are
     /// already in effect otherwise).
     pub fn apply_new_queue_policy(self: &Arc<Self>, q: &Arc<super::queue::Queue>) {
-        if !self.settings.read().policies.is_empty() {
+        if !self.settings.read().no_queue_policies() {
             self.apply_queue_policy(q);
         }
     }
@@ -244,11 +275,12 @@ impl VHost {
         }
     }
 
-    /// Compute a queue's effective arguments from its own and its policy, and apply them.
+    /// Compute a queue's effective arguments from its own and its policies, and apply them.
     pub fn apply_queue_policy(self: &Arc<Self>, q: &Arc<super::queue::Queue>) {
         let s = self.settings.read();
         let p = policy::matching(&s.policies, q.name(), true);
-        let effective = policy::effective_queue_arguments(&q.spec.arguments, p);
+        let op = policy::matching(&s.operator_policies, q.name(), true);
+        let effective = policy::effective_queue_arguments(&q.spec.arguments, p, op);
         drop(s);
         q.set_effective_arguments(&effective);
     }

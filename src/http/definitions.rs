@@ -13,6 +13,7 @@ use super::users::{user_from_json, user_json};
 use super::{Ctx, State};
 use crate::auth::parse_tags;
 use crate::broker::exchange::{Destination, ExchangeSpec, ExchangeType};
+use crate::broker::policy::PolicyKind;
 use crate::broker::vhost::{QueueDeclare, VHost};
 use crate::broker::vhosts::VhostRecord;
 use axum::extract::Path;
@@ -125,6 +126,24 @@ fn policies_of(v: &VHost, with_vhost: bool) -> Vec<Value> {
         .collect()
 }
 
+/// A vhost's runtime parameters as RabbitMQ exports them: its limits (`vhost-limits`) and
+/// its operator policies (`operator_policy`), each naming its vhost even in a per-vhost
+/// export.
+fn parameters_of(v: &VHost) -> Vec<Value> {
+    let s = v.settings.read();
+    let limits = (!s.record.limits.is_empty()).then(|| {
+        json!({"vhost": v.name, "component": "vhost-limits", "name": "limits",
+               "value": s.record.limits})
+    });
+    let operator = s.operator_policies.iter().map(|p| {
+        let r = &p.record;
+        json!({"vhost": v.name, "component": PolicyKind::Operator.meta(), "name": r.name,
+               "value": {"pattern": r.pattern, "definition": r.definition,
+                         "priority": r.priority, "apply-to": r.apply_to.as_str()}})
+    });
+    limits.into_iter().chain(operator).collect()
+}
+
 pub fn export(ctx: &Ctx, vhost: Option<&VHost>) -> Value {
     let mut out = Map::new();
     out.insert("rabbit_version".into(), json!(RABBITMQ_VERSION));
@@ -136,6 +155,7 @@ pub fn export(ctx: &Ctx, vhost: Option<&VHost>) -> Value {
         Some(v) => {
             (queues, exchanges, bindings) = vhost_objects(v, false);
             policies = policies_of(v, false);
+            out.insert("parameters".into(), Value::Array(parameters_of(v)));
         }
         None => {
             let auth = &ctx.broker.auth;
@@ -180,17 +200,7 @@ pub fn export(ctx: &Ctx, vhost: Option<&VHost>) -> Value {
                         .collect(),
                 ),
             );
-            // Vhost limits are runtime parameters in RabbitMQ's exports.
-            let parameters: Vec<Value> = vhosts
-                .iter()
-                .filter_map(|v| {
-                    let limits = v.settings.read().record.limits.clone();
-                    (!limits.is_empty()).then(|| {
-                        json!({"vhost": v.name, "component": "vhost-limits",
-                               "name": "limits", "value": limits})
-                    })
-                })
-                .collect();
+            let parameters: Vec<Value> = vhosts.iter().flat_map(|v| parameters_of(v)).collect();
             out.insert("parameters".into(), Value::Array(parameters));
             out.insert(
                 "global_parameters".into(),
@@ -265,18 +275,6 @@ pub fn import(ctx: &Ctx, defs: &Value, only: Option<&str>) -> Result<(), String>
                     .unwrap_or_default(),
             });
         }
-        for p in items(defs, "parameters") {
-            if p.get("component").and_then(|c| c.as_str()) == Some("vhost-limits") {
-                let limits = p
-                    .get("value")
-                    .and_then(|v| v.as_object())
-                    .cloned()
-                    .ok_or("vhost-limits parameter without a value object")?;
-                if !broker.set_vhost_limits(text(p, "vhost")?, limits) {
-                    return Err(format!("vhost-limits for unknown vhost {p}"));
-                }
-            }
-        }
         for p in items(defs, "permissions") {
             set_from_json(ctx, text(p, "vhost")?, text(p, "user")?, p).map_err(|e| e.reason)?;
         }
@@ -294,9 +292,32 @@ pub fn import(ctx: &Ctx, defs: &Value, only: Option<&str>) -> Result<(), String>
             .vhost(name)
             .ok_or_else(|| format!("vhost '{name}' does not exist"))
     };
+    // Runtime parameters: vhost limits and operator policies (other components, such as
+    // federation or shovel settings, have nothing here to apply to).
+    for p in items(defs, "parameters") {
+        let v = vhost_of(p)?;
+        let value = p
+            .get("value")
+            .filter(|v| v.is_object())
+            .ok_or_else(|| format!("parameter without a value object: {p}"))?;
+        match p.get("component").and_then(|c| c.as_str()) {
+            Some("vhost-limits") => {
+                let limits = value.as_object().cloned().unwrap_or_default();
+                broker.set_vhost_limits(&v.name, limits);
+            }
+            Some("operator_policy") => {
+                let rec = record_from_json(&v.name, text(p, "name")?, value)?;
+                broker.put_policy(PolicyKind::Operator, rec)?;
+            }
+            _ => {}
+        }
+    }
     for p in items(defs, "policies") {
         let v = vhost_of(p)?;
-        broker.put_policy(record_from_json(&v.name, text(p, "name")?, p)?)?;
+        broker.put_policy(
+            PolicyKind::User,
+            record_from_json(&v.name, text(p, "name")?, p)?,
+        )?;
     }
     for x in items(defs, "exchanges") {
         let v = vhost_of(x)?;

@@ -60,8 +60,8 @@ pub struct QueueRow {
     message_bytes_ready: u64,
     effective_policy_definition: serde_json::Map<String, Value>,
     message_stats: MessageStats,
-    #[serde(skip_serializing_if = "Option::is_none")]
     policy: Option<String>,
+    operator_policy: Option<String>,
 }
 
 impl Row for QueueRow {
@@ -92,7 +92,15 @@ pub fn queue_row(ctx: &Ctx, v: &VHost, q: &Queue) -> QueueRow {
     let unacked = q.stats.unacked();
     let rates = ctx.rates.queue_rates(&v.name, q.name());
     let depth = ctx.rates.queue_depth_rates(&v.name, q.name());
-    let no_policies = v.settings.read().policies.is_empty();
+    let policies = if v.settings.read().no_queue_policies() {
+        None
+    } else {
+        Some(v.queue_policies(q.name()))
+    };
+    let (policy, operator_policy, effective_policy_definition) = match policies {
+        Some(p) => (p.policy, p.operator_policy, p.definition),
+        None => Default::default(),
+    };
     QueueRow {
         name: q.name().to_string(),
         vhost: v.name.clone(),
@@ -112,17 +120,10 @@ pub fn queue_row(ctx: &Ctx, v: &VHost, q: &Queue) -> QueueRow {
         messages_unacknowledged_details: Rate::of(depth.unacked_rate),
         message_bytes: bytes,
         message_bytes_ready: bytes,
-        effective_policy_definition: if no_policies {
-            Default::default()
-        } else {
-            v.policy_definition(q.name(), true)
-        },
+        effective_policy_definition,
         message_stats: message_stats(&q.stats.counts(), &rates),
-        policy: if no_policies {
-            None
-        } else {
-            v.policy_name(q.name(), true)
-        },
+        policy,
+        operator_policy,
     }
 }
 
