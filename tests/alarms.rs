@@ -7,7 +7,7 @@ mod common;
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{basic, connection, AMQPClass};
 use common::http::api;
-use common::raw::Raw;
+use common::raw::{publish_frames, Raw};
 use common::*;
 use futures_lite::StreamExt;
 use lapin::options::*;
@@ -192,29 +192,6 @@ async fn disk_alarm_is_reported_as_low_on_disk() {
         assert!(polls < 1000, "held message never queued");
         tokio::task::yield_now().await;
     }
-}
-
-fn publish_frames(queue: &str, body: &[u8]) -> Vec<AMQPFrame> {
-    vec![
-        AMQPFrame::Method(
-            1,
-            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-                exchange: "".into(),
-                routing_key: queue.into(),
-                mandatory: false,
-                immediate: false,
-            })),
-        ),
-        AMQPFrame::Header(
-            1,
-            amq_protocol::frame::AMQPContentHeader {
-                class_id: 60,
-                body_size: body.len() as u64,
-                properties: Default::default(),
-            },
-        ),
-        AMQPFrame::Body(1, body.to_vec()),
-    ]
 }
 
 /// A client without the `connection.blocked` capability is blocked silently, and a blocked

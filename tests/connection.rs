@@ -5,7 +5,7 @@ mod common;
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{channel as chan, connection as conn, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable};
-use common::raw::Raw;
+use common::raw::{encode, publish_frames, Raw};
 use common::*;
 use lapin::options::*;
 use lapin::{Connection, ConnectionProperties};
@@ -369,4 +369,59 @@ async fn failed_login_is_answered_after_the_configured_delay() {
     assert!(r.read_to_close().await.is_empty());
     // A lower bound only: the refusal cannot come before the delay.
     assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+/// A client may still be sending when it closes: amqplib, for one, goes on writing
+/// publishes queued on a channel after its connection.close, even after the close-ok has
+/// arrived. The broker answers close-ok and reads on (bounded) until the client closes, so
+/// those writes land and the socket ends with a clean EOF, never a reset.
+#[tokio::test]
+async fn close_ok_reaches_a_client_still_sending_after_its_close() {
+    use tokio::io::AsyncWriteExt;
+    let b = start_broker().await;
+    let mut r = Raw::open_with(b.addr(), 131072, 0).await;
+    r.open_channel(1).await;
+    let close = encode(&AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(conn::AMQPMethod::Close(conn::Close {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        })),
+    ));
+    let publish: Vec<u8> = publish_frames("nowhere", &[7u8; 1024])
+        .iter()
+        .flat_map(encode)
+        .collect();
+    let burst: Vec<u8> = publish
+        .iter()
+        .copied()
+        .cycle()
+        .take(16 * publish.len())
+        .collect();
+    let (mut rd, mut wr) = r.sock.into_split();
+    let mut sent = close.clone();
+    sent.extend_from_slice(&burst);
+    within("write", wr.write_all(&sent)).await.unwrap();
+    let close_ok = encode(&AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
+    ));
+    let mut got = vec![0u8; close_ok.len()];
+    within("close-ok", rd.read_exact(&mut got)).await.unwrap();
+    assert_eq!(got, close_ok);
+    // Still flushing after the close-ok: about 1 MB more, in pieces.
+    for i in 0..64 {
+        if let Err(e) = within("write", wr.write_all(&burst)).await {
+            panic!("write {i} after close-ok failed: {e}");
+        }
+        tokio::task::yield_now().await;
+    }
+    drop(wr);
+    let mut rest = Vec::new();
+    match within("EOF", rd.read_to_end(&mut rest)).await {
+        Ok(_) => assert!(rest.is_empty(), "nothing after close-ok: {rest:?}"),
+        Err(e) => panic!("socket ended with {e}, not EOF"),
+    }
 }

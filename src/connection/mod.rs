@@ -254,6 +254,7 @@ pub async fn serve<S>(
         Ok(false) => Exit::Gone,
         Err(e) => Exit::Error(e),
     };
+    let linger = matches!(exit, Exit::Error(_) | Exit::ClosedByClient);
     match exit {
         Exit::Error(e) => {
             tracing::warn!(peer = %peer, code = e.code as u16, "closing connection: {}", e.reply_text());
@@ -272,7 +273,13 @@ pub async fn serve<S>(
     broker.unregister_connection(id);
     shared.out.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+    if linger {
+        c.linger().await;
+    }
 }
+
+/// How long a closed connection keeps reading, at most, for the client to close its side.
+const LINGER: Duration = Duration::from_secs(2);
 
 impl<R: AsyncRead + Unpin> Connection<R> {
     /// Read more bytes, bounded by the heartbeat timeout. Ok(false) on EOF or timeout.
@@ -695,6 +702,21 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     Err(_) => return,
                 }
             }
+            match tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        }
+    }
+
+    /// After the close handshake and our FIN: read and discard until the client closes its
+    /// side too (bounded by [`LINGER`]). Closing a socket with unread bytes in it sends a
+    /// TCP reset, and a client whose publishes were still queued behind its
+    /// connection.close would lose our close-ok to it and see a broken pipe instead.
+    async fn linger(&mut self) {
+        let deadline = tokio::time::Instant::now() + LINGER;
+        loop {
+            self.buf.clear();
             match tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return,

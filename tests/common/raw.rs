@@ -2,7 +2,7 @@
 //! wrong headers, out-of-order content) and reading exactly what the broker answers.
 
 use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame, WriteContext};
-use amq_protocol::protocol::{channel, connection, AMQPClass};
+use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use amq_protocol::types::FieldTable;
 use bytes::{Buf, BytesMut};
 use std::time::Duration;
@@ -18,6 +18,31 @@ pub struct Raw<S = TcpStream> {
 pub fn encode(frame: &AMQPFrame) -> Vec<u8> {
     let res = gen_frame(frame)(WriteContext::from(Vec::new()));
     res.expect("encode").into_inner().0
+}
+
+/// basic.publish of `body` to `queue` through the default exchange on channel 1: method,
+/// header and one body frame.
+pub fn publish_frames(queue: &str, body: &[u8]) -> Vec<AMQPFrame> {
+    vec![
+        AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                exchange: "".into(),
+                routing_key: queue.into(),
+                mandatory: false,
+                immediate: false,
+            })),
+        ),
+        AMQPFrame::Header(
+            1,
+            amq_protocol::frame::AMQPContentHeader {
+                class_id: 60,
+                body_size: body.len() as u64,
+                properties: Default::default(),
+            },
+        ),
+        AMQPFrame::Body(1, body.to_vec()),
+    ]
 }
 
 impl Raw<TcpStream> {
