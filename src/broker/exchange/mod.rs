@@ -66,7 +66,7 @@ impl ExchangeType {
             "topic" => Ok(Self::Topic),
             "headers" => Ok(Self::Headers),
             other => Err(AmqpError::command_invalid(format!(
-                "invalid exchange type '{other}'"
+                "unknown exchange type '{other}'"
             ))),
         }
     }
