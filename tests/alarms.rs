@@ -5,7 +5,7 @@
 
 mod common;
 use amq_protocol::frame::AMQPFrame;
-use amq_protocol::protocol::{basic, connection, AMQPClass};
+use amq_protocol::protocol::{connection, AMQPClass};
 use common::http::api;
 use common::raw::{publish_frames, Raw};
 use common::*;

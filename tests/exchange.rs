@@ -359,7 +359,10 @@ async fn invalid_exchange_type_is_a_503_connection_error() {
     // RabbitMQ 3.10's code and text.
     assert_eq!(
         failure(r),
-        (503, "COMMAND_INVALID - unknown exchange type 'foo'".to_string())
+        (
+            503,
+            "COMMAND_INVALID - unknown exchange type 'foo'".to_string()
+        )
     );
     // The whole connection is gone, not just the channel.
     assert!(
