@@ -75,7 +75,14 @@ pub struct Config {
     /// How long a failed login waits before it is answered, ms: makes password guessing
     /// over one connection slow without holding up anyone else.
     pub auth_failure_delay: u64,
+    /// SASL mechanisms offered in connection.start, in this order: any of `PLAIN`,
+    /// `AMQPLAIN` and `RABBIT-CR-DEMO` (RabbitMQ's challenge-response demo: the user name
+    /// in start-ok, the password in secure-ok; as plain-text as PLAIN).
+    pub auth_mechanisms: Vec<String>,
 }
+
+/// The SASL mechanisms the broker implements.
+pub const KNOWN_AUTH_MECHANISMS: &[&str] = &["PLAIN", "AMQPLAIN", "RABBIT-CR-DEMO"];
 
 /// A size limit given either absolutely or relative to total memory.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -175,6 +182,10 @@ impl Default for Config {
             memory_high_watermark: ResourceLimit::Relative(0.4),
             disk_free_limit: ResourceLimit::Absolute(50_000_000),
             auth_failure_delay: 1000,
+            auth_mechanisms: KNOWN_AUTH_MECHANISMS
+                .iter()
+                .map(|m| m.to_string())
+                .collect(),
         }
     }
 }
@@ -331,6 +342,21 @@ impl Config {
                 "tls_verify_peer needs tls_ca to verify client certificates against".into(),
             ));
         }
+        if self.auth_mechanisms.is_empty() {
+            return Err(ConfigError::Invalid(
+                "auth_mechanisms must name at least one mechanism".into(),
+            ));
+        }
+        if let Some(m) = self
+            .auth_mechanisms
+            .iter()
+            .find(|m| !KNOWN_AUTH_MECHANISMS.contains(&m.as_str()))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "unknown auth mechanism '{m}' (known: {})",
+                KNOWN_AUTH_MECHANISMS.join(", ")
+            )));
+        }
         if self.tls_fail_if_no_peer_cert && !self.tls_verify_peer {
             return Err(ConfigError::Invalid(
                 "tls_fail_if_no_peer_cert needs tls_verify_peer".into(),
@@ -364,6 +390,12 @@ mod tests {
             Config::default().memory_high_watermark
         );
         assert_eq!(cfg.disk_free_limit, Config::default().disk_free_limit);
+        assert_eq!(cfg.auth_mechanisms, Config::default().auth_mechanisms);
+        let bad = Config {
+            auth_mechanisms: vec!["EXTERNAL".into()],
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err(), "unknown mechanisms are refused");
     }
 
     #[test]

@@ -194,7 +194,7 @@ async fn server_properties_advertise_product_and_capabilities() {
     let mechanisms = String::from_utf8_lossy(start.mechanisms.as_bytes()).into_owned();
     let mut mechanisms: Vec<&str> = mechanisms.split(' ').collect();
     mechanisms.sort();
-    assert_eq!(mechanisms, vec!["AMQPLAIN", "PLAIN"]);
+    assert_eq!(mechanisms, vec!["AMQPLAIN", "PLAIN", "RABBIT-CR-DEMO"]);
     assert_eq!(start.locales.as_bytes(), b"en_US");
 
     let props = start.server_properties.inner();
@@ -424,4 +424,85 @@ async fn close_ok_reaches_a_client_still_sending_after_its_close() {
         Ok(_) => assert!(rest.is_empty(), "nothing after close-ok: {rest:?}"),
         Err(e) => panic!("socket ended with {e}, not EOF"),
     }
+}
+
+/// Header, connection.start (its mechanisms returned), and a start-ok with `mechanism`.
+async fn raw_start(b: &TestBroker, mechanism: &str, response: &str) -> (Raw, String) {
+    let mut r = Raw::tcp(b.addr()).await;
+    r.send_raw(b"AMQP\x00\x00\x09\x01").await;
+    let mechanisms = match r.recv().await {
+        Some(AMQPFrame::Method(0, AMQPClass::Connection(conn::AMQPMethod::Start(s)))) => {
+            String::from_utf8_lossy(s.mechanisms.as_bytes()).into_owned()
+        }
+        other => panic!("expected connection.start, got {other:?}"),
+    };
+    let mut caps = FieldTable::default();
+    caps.insert(
+        "authentication_failure_close".into(),
+        AMQPValue::Boolean(true),
+    );
+    let mut props = FieldTable::default();
+    props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    r.send(AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(conn::AMQPMethod::StartOk(conn::StartOk {
+            client_properties: props,
+            mechanism: mechanism.into(),
+            response: response.into(),
+            locale: "en_US".into(),
+        })),
+    ))
+    .await;
+    (r, mechanisms)
+}
+
+/// RabbitMQ's RABBIT-CR-DEMO (amqprs' suite logs in with it): the user name in start-ok,
+/// connection.secure asks for the password, secure-ok gives it.
+#[tokio::test]
+async fn rabbit_cr_demo_logs_in_through_connection_secure() {
+    let b = start_broker().await;
+    for (answer, accepted) in [
+        ("My password is guest", true),
+        ("My password is nope", false),
+    ] {
+        let (mut r, mechanisms) = raw_start(&b, "RABBIT-CR-DEMO", "guest").await;
+        assert_eq!(mechanisms, "PLAIN AMQPLAIN RABBIT-CR-DEMO");
+        match r.recv().await {
+            Some(AMQPFrame::Method(0, AMQPClass::Connection(conn::AMQPMethod::Secure(s)))) => {
+                assert_eq!(s.challenge.as_bytes(), b"Please tell me your password")
+            }
+            other => panic!("expected connection.secure, got {other:?}"),
+        }
+        r.send(AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::SecureOk(conn::SecureOk {
+                response: answer.into(),
+            })),
+        ))
+        .await;
+        if accepted {
+            match r.recv().await {
+                Some(AMQPFrame::Method(0, AMQPClass::Connection(conn::AMQPMethod::Tune(_)))) => {}
+                other => panic!("expected connection.tune, got {other:?}"),
+            }
+        } else {
+            let (code, _, _) = r.expect_connection_close().await;
+            assert_eq!(code, 403);
+        }
+    }
+}
+
+/// `auth_mechanisms` chooses what is offered; anything else is refused as RabbitMQ refuses
+/// an unknown mechanism (503).
+#[tokio::test]
+async fn auth_mechanisms_limit_what_is_offered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.auth_mechanisms = vec!["PLAIN".into()];
+    let b = start_broker_with(cfg, dir).await;
+    let (mut r, mechanisms) = raw_start(&b, "RABBIT-CR-DEMO", "guest").await;
+    assert_eq!(mechanisms, "PLAIN");
+    let (code, _, _) = r.expect_connection_close().await;
+    assert_eq!(code, 503);
+    still_serving(&b).await;
 }

@@ -271,8 +271,13 @@ impl Auth {
         peer: IpAddr,
     ) -> Result<String, AuthError> {
         let (name, pass) = sasl::credentials(mechanism, response)?;
+        self.login(&name, &pass, peer)
+    }
+
+    /// Check credentials however the mechanism carried them; returns the user name.
+    pub fn login(&self, name: &str, pass: &str, peer: IpAddr) -> Result<String, AuthError> {
         // The detail is for the log only; clients get RabbitMQ's generic refusal text.
-        match self.check_password(&name, &pass, peer) {
+        match self.check_password(name, pass, peer) {
             Ok(u) => Ok(u.name.clone()),
             Err(why) => Err(AuthError::Refused(why)),
         }

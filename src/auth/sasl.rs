@@ -1,4 +1,19 @@
-//! SASL PLAIN and AMQPLAIN responses: where the user name and password are in them.
+//! SASL PLAIN and AMQPLAIN responses: where the user name and password are in them; and
+//! RabbitMQ's RABBIT-CR-DEMO, whose password comes in a second step (connection.secure).
+
+/// RABBIT-CR-DEMO: the challenge the broker sends, and the prefix of the answer.
+pub const CR_DEMO_CHALLENGE: &str = "Please tell me your password";
+pub const CR_DEMO_ANSWER: &str = "My password is ";
+
+/// The password in a RABBIT-CR-DEMO secure-ok response.
+pub fn cr_demo_password(response: &[u8]) -> Result<String, AuthError> {
+    response
+        .strip_prefix(CR_DEMO_ANSWER.as_bytes())
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .ok_or(AuthError::Malformed(
+            "RABBIT-CR-DEMO answer does not start with 'My password is '",
+        ))
+}
 
 use crate::protocol::{AMQPValue, FieldTable};
 

@@ -143,6 +143,33 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         }
     }
 
+    /// RABBIT-CR-DEMO's second step: connection.secure asks for the password, secure-ok
+    /// carries it. Ok(None) when the client went away.
+    async fn cr_demo_password(
+        &mut self,
+        deadline: Instant,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Result<String, AuthError>>, AmqpError> {
+        self.shared.send(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::Secure(conn::Secure {
+                challenge: crate::auth::sasl::CR_DEMO_CHALLENGE.into(),
+            })),
+        );
+        let Some(m) = self
+            .expect_method(deadline, shutdown, "connection.secure-ok")
+            .await?
+        else {
+            return Ok(None);
+        };
+        let conn::AMQPMethod::SecureOk(ok) = m else {
+            return Err(AmqpError::command_invalid("expected connection.secure-ok").at(10, 21));
+        };
+        Ok(Some(crate::auth::sasl::cr_demo_password(
+            ok.response.as_bytes(),
+        )))
+    }
+
     /// Run the handshake. Ok(true) when the connection is open; Ok(false) when it should
     /// just be dropped; Err to close with an error.
     pub(super) async fn handshake(
@@ -170,7 +197,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 version_major: 0,
                 version_minor: 9,
                 server_properties: server_properties(),
-                mechanisms: "PLAIN AMQPLAIN".into(),
+                mechanisms: self.broker.config.auth_mechanisms.join(" ").into(),
                 locales: "en_US".into(),
             })),
         );
@@ -196,11 +223,30 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         caps.authentication_failure_close
             .store(failure_close, Ordering::Relaxed);
 
-        let auth = self.broker.auth.authenticate(
-            start_ok.mechanism.as_str(),
-            start_ok.response.as_bytes(),
-            self.shared.peer.ip(),
-        );
+        let mechanism = start_ok.mechanism.as_str();
+        let offered = self
+            .broker
+            .config
+            .auth_mechanisms
+            .iter()
+            .any(|m| m == mechanism);
+        let auth = if !offered {
+            Err(AuthError::UnknownMechanism(mechanism.to_string()))
+        } else if mechanism == "RABBIT-CR-DEMO" {
+            let user = String::from_utf8_lossy(start_ok.response.as_bytes()).into_owned();
+            match self.cr_demo_password(deadline, shutdown).await? {
+                Some(pass) => {
+                    pass.and_then(|p| self.broker.auth.login(&user, &p, self.shared.peer.ip()))
+                }
+                None => return Ok(false),
+            }
+        } else {
+            self.broker.auth.authenticate(
+                mechanism,
+                start_ok.response.as_bytes(),
+                self.shared.peer.ip(),
+            )
+        };
         match auth {
             Ok(user) => self.user = user,
             Err(AuthError::UnknownMechanism(m)) => {
