@@ -305,36 +305,15 @@ async fn shutdown_sends_connection_forced_320() {
 
 /// Start a raw handshake and answer start with `props` and a wrong password.
 async fn raw_wrong_password(b: &TestBroker, props: FieldTable) -> Raw {
-    let mut r = Raw::tcp(b.addr()).await;
-    r.send_raw(b"AMQP\x00\x00\x09\x01").await;
-    match r.recv().await {
-        Some(AMQPFrame::Method(0, AMQPClass::Connection(conn::AMQPMethod::Start(_)))) => {}
-        other => panic!("expected connection.start, got {other:?}"),
-    }
-    r.send(AMQPFrame::Method(
-        0,
-        AMQPClass::Connection(conn::AMQPMethod::StartOk(conn::StartOk {
-            client_properties: props,
-            mechanism: "PLAIN".into(),
-            response: "\0guest\0not-the-password".into(),
-            locale: "en_US".into(),
-        })),
-    ))
-    .await;
-    r
+    raw_start(b, props, "PLAIN", "\0guest\0not-the-password")
+        .await
+        .0
 }
 
 #[tokio::test]
 async fn failed_login_with_authentication_failure_close_gets_rabbitmq_text() {
     let b = start_broker().await;
-    let mut caps = FieldTable::default();
-    caps.insert(
-        "authentication_failure_close".into(),
-        AMQPValue::Boolean(true),
-    );
-    let mut props = FieldTable::default();
-    props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
-    let mut r = raw_wrong_password(&b, props).await;
+    let mut r = raw_wrong_password(&b, failure_close()).await;
     match r.recv().await {
         Some(AMQPFrame::Method(0, AMQPClass::Connection(conn::AMQPMethod::Close(c)))) => {
             assert_eq!(c.reply_code, 403);
@@ -427,7 +406,12 @@ async fn close_ok_reaches_a_client_still_sending_after_its_close() {
 }
 
 /// Header, connection.start (its mechanisms returned), and a start-ok with `mechanism`.
-async fn raw_start(b: &TestBroker, mechanism: &str, response: &str) -> (Raw, String) {
+async fn raw_start(
+    b: &TestBroker,
+    props: FieldTable,
+    mechanism: &str,
+    response: &str,
+) -> (Raw, String) {
     let mut r = Raw::tcp(b.addr()).await;
     r.send_raw(b"AMQP\x00\x00\x09\x01").await;
     let mechanisms = match r.recv().await {
@@ -456,6 +440,18 @@ async fn raw_start(b: &TestBroker, mechanism: &str, response: &str) -> (Raw, Str
     (r, mechanisms)
 }
 
+/// Client properties with the `authentication_failure_close` capability.
+fn failure_close() -> FieldTable {
+    let mut caps = FieldTable::default();
+    caps.insert(
+        "authentication_failure_close".into(),
+        AMQPValue::Boolean(true),
+    );
+    let mut props = FieldTable::default();
+    props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    props
+}
+
 /// RabbitMQ's RABBIT-CR-DEMO (amqprs' suite logs in with it): the user name in start-ok,
 /// connection.secure asks for the password, secure-ok gives it.
 #[tokio::test]
@@ -465,7 +461,7 @@ async fn rabbit_cr_demo_logs_in_through_connection_secure() {
         ("My password is guest", true),
         ("My password is nope", false),
     ] {
-        let (mut r, mechanisms) = raw_start(&b, "RABBIT-CR-DEMO", "guest").await;
+        let (mut r, mechanisms) = raw_start(&b, failure_close(), "RABBIT-CR-DEMO", "guest").await;
         assert_eq!(mechanisms, "PLAIN AMQPLAIN RABBIT-CR-DEMO");
         match r.recv().await {
             Some(AMQPFrame::Method(0, AMQPClass::Connection(conn::AMQPMethod::Secure(s)))) => {
@@ -500,7 +496,7 @@ async fn auth_mechanisms_limit_what_is_offered() {
     let mut cfg = test_config(dir.path());
     cfg.auth_mechanisms = vec!["PLAIN".into()];
     let b = start_broker_with(cfg, dir).await;
-    let (mut r, mechanisms) = raw_start(&b, "RABBIT-CR-DEMO", "guest").await;
+    let (mut r, mechanisms) = raw_start(&b, failure_close(), "RABBIT-CR-DEMO", "guest").await;
     assert_eq!(mechanisms, "PLAIN");
     let (code, _, _) = r.expect_connection_close().await;
     assert_eq!(code, 503);

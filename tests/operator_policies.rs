@@ -264,19 +264,7 @@ async fn operator_policies_survive_a_restart_and_travel_in_definitions() {
     let a = api(&b);
     let c = connect(&b).await;
     let ch = channel(&c).await;
-    within(
-        "queue.declare",
-        ch.queue_declare(
-            "jobs.kept".into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .unwrap();
+    declare_durable(&ch, "jobs.kept").await;
     a.put(
         "/api/operator-policies/%2F/cap",
         json!({"pattern": "^jobs\\.", "definition": {"max-length": 2}, "apply-to": "queues"}),

@@ -374,16 +374,7 @@ async fn users_permissions_and_vhosts_survive_a_restart() {
     {
         let c = connect_as(&b, "bob", "prod").await.unwrap();
         let ch = channel(&c).await;
-        ch.queue_declare(
-            "a-durable".into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        declare_durable(&ch, "a-durable").await;
     }
     drop(br);
     b.stop().await;

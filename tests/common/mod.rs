@@ -117,6 +117,20 @@ pub fn failure<T>(r: Result<T, lapin::Error>) -> (u16, String) {
     }
 }
 
+/// A durable queue without arguments.
+pub async fn declare_durable(ch: &Channel, name: &str) {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    within(
+        "queue.declare",
+        ch.queue_declare(name.into(), durable, FieldTable::default()),
+    )
+    .await
+    .expect("declare");
+}
+
 pub async fn declare(ch: &Channel, name: &str) {
     within(
         "queue.declare",
