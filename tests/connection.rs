@@ -420,13 +420,6 @@ async fn raw_start(
         }
         other => panic!("expected connection.start, got {other:?}"),
     };
-    let mut caps = FieldTable::default();
-    caps.insert(
-        "authentication_failure_close".into(),
-        AMQPValue::Boolean(true),
-    );
-    let mut props = FieldTable::default();
-    props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
     r.send(AMQPFrame::Method(
         0,
         AMQPClass::Connection(conn::AMQPMethod::StartOk(conn::StartOk {
