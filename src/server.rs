@@ -4,7 +4,7 @@
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::store::StoreError;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -42,6 +42,8 @@ pub struct ServerHandle {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
     tls_task: Option<JoinHandle<()>>,
+    /// Accept loops of the [::1] twins of loopback listeners.
+    twin_tasks: Vec<JoinHandle<()>>,
 }
 
 impl ServerHandle {
@@ -53,6 +55,7 @@ impl ServerHandle {
             shutdown,
             task,
             tls_task,
+            twin_tasks,
             broker,
             http,
             ..
@@ -61,6 +64,9 @@ impl ServerHandle {
         let _ = shutdown.send(true);
         let _ = task.await;
         if let Some(t) = tls_task {
+            let _ = t.await;
+        }
+        for t in twin_tasks {
             let _ = t.await;
         }
         // Tasks finishing (an in-flight flush, a closing connection) may hold the store a
@@ -87,6 +93,26 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError
     Ok((listener, bound))
 }
 
+/// The IPv6 twin of a listener bound to 127.0.0.1 on a fixed port: [::1] on the same port.
+///
+/// `localhost` resolves to ::1 first on many systems (and Node.js, for one, takes the
+/// first answer), so a broker reachable on 127.0.0.1 only looks down to those clients;
+/// RabbitMQ listens on both families. Still loopback only. Port 0 (tests) gets no twin, and
+/// a machine without IPv6 just has none.
+async fn loopback_twin(bound: SocketAddr) -> Option<TcpListener> {
+    if bound.ip() != IpAddr::V4(Ipv4Addr::LOCALHOST) || bound.port() == 0 {
+        return None;
+    }
+    let twin = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), bound.port());
+    match TcpListener::bind(twin).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::info!(%twin, error = %e, "no IPv6 loopback listener");
+            None
+        }
+    }
+}
+
 /// Open the store, bind the AMQP, management and metrics listeners and start serving.
 pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     // Certificates are read before anything is bound, so a bad file fails startup cleanly.
@@ -96,8 +122,13 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
         None => None,
     };
     let (listener, amqp_addr) = bind(config.amqp_addr).await?;
+    let amqp_twin = loopback_twin(config.amqp_addr).await;
     let amqps = match amqps_tls {
         Some(tls) => Some((bind(config.amqps_addr).await?, tls)),
+        None => None,
+    };
+    let amqps_twin = match &amqps {
+        Some(_) => loopback_twin(config.amqps_addr).await,
         None => None,
     };
     let https = match (config.https_addr, https_tls) {
@@ -105,7 +136,9 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
         _ => None,
     };
     let (http_listener, http_addr) = bind(config.http_addr).await?;
+    let http_twin = loopback_twin(config.http_addr).await;
     let (metrics_listener, metrics_addr) = bind(config.metrics_addr).await?;
+    let metrics_twin = loopback_twin(config.metrics_addr).await;
     let broker = Broker::open(config)?;
     let (tx, rx) = watch::channel(false);
     let amqps_addr = amqps.as_ref().map(|((_, a), _)| *a);
@@ -126,17 +159,36 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
         broker.alarms.clone(),
         rx.clone(),
     ));
-    tokio::spawn(crate::http::serve(http_listener, ctx.clone(), rx.clone()));
-    tokio::spawn(crate::http::metrics::serve(
-        metrics_listener,
-        ctx.clone(),
-        rx.clone(),
-    ));
+    for l in std::iter::once(http_listener).chain(http_twin) {
+        tokio::spawn(crate::http::serve(l, ctx.clone(), rx.clone()));
+    }
+    for l in std::iter::once(metrics_listener).chain(metrics_twin) {
+        tokio::spawn(crate::http::metrics::serve(l, ctx.clone(), rx.clone()));
+    }
     if let Some(((l, _), tls)) = https {
         tokio::spawn(crate::http::tls::serve(l, tls, ctx.clone(), rx.clone()));
     }
     // Both AMQP listeners count against one connection limit.
     let limit = Arc::new(Semaphore::new(connection_limit(&broker)));
+    let mut twin_tasks = Vec::new();
+    if let (Some(l), Some((_, tls))) = (amqps_twin, &amqps) {
+        twin_tasks.push(tokio::spawn(accept_loop(
+            l,
+            broker.clone(),
+            rx.clone(),
+            limit.clone(),
+            Some(tls.clone()),
+        )));
+    }
+    if let Some(l) = amqp_twin {
+        twin_tasks.push(tokio::spawn(accept_loop(
+            l,
+            broker.clone(),
+            rx.clone(),
+            limit.clone(),
+            None,
+        )));
+    }
     let tls_task = amqps.map(|((l, _), tls)| {
         tokio::spawn(accept_loop(
             l,
@@ -159,6 +211,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
         shutdown: tx,
         task,
         tls_task,
+        twin_tasks,
     })
 }
 

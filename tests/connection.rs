@@ -495,3 +495,77 @@ async fn auth_mechanisms_limit_what_is_offered() {
     assert_eq!(code, 503);
     still_serving(&b).await;
 }
+
+/// A port free on both 127.0.0.1 and [::1] at the time of asking; None without IPv6.
+fn free_port_on_both_loopbacks() -> Option<u16> {
+    for _ in 0..20 {
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+        let port = v4.local_addr().ok()?.port();
+        match std::net::TcpListener::bind(("::1", port)) {
+            Ok(_) => return Some(port),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// `localhost` is ::1 first for many clients: a broker on 127.0.0.1 with a fixed port also
+/// answers AMQP and HTTP on [::1], still loopback only (guest may log in there).
+#[tokio::test]
+async fn loopback_listeners_also_answer_on_ipv6_loopback() {
+    let (Some(amqp), Some(http)) = (free_port_on_both_loopbacks(), free_port_on_both_loopbacks())
+    else {
+        eprintln!("skipped: no IPv6 loopback on this machine");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.amqp_addr = ([127, 0, 0, 1], amqp).into();
+    cfg.http_addr = ([127, 0, 0, 1], http).into();
+    let b = start_broker_with(cfg, dir).await;
+    // (A raw client: lapin's URI parser does not take a bracketed IPv6 host.)
+    let sock = within(
+        "connect over [::1]",
+        tokio::net::TcpStream::connect(("::1", amqp)),
+    )
+    .await
+    .expect("AMQP on [::1]");
+    let mut r = Raw::over(sock);
+    r.handshake(131072, 0).await;
+    r.open_channel(1).await;
+    let c = connect(&b).await;
+    let ch = channel(&c).await;
+    declare(&ch, "v6").await;
+    let r = within(
+        "GET over [::1]",
+        reqwest::Client::new()
+            .get(format!("http://[::1]:{http}/api/queues/%2F/v6"))
+            .basic_auth("guest", Some("guest"))
+            .send(),
+    )
+    .await
+    .expect("HTTP on [::1]");
+    assert_eq!(r.status(), 200);
+    // The AMQP connection really came over IPv6.
+    let conns: serde_json::Value = within(
+        "GET connections",
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{http}/api/connections"))
+            .basic_auth("guest", Some("guest"))
+            .send(),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let peers: Vec<&str> = conns
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["peer_host"].as_str())
+        .collect();
+    assert!(peers.contains(&"::1"), "{conns}");
+    still_serving(&b).await;
+}
