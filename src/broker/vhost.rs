@@ -247,7 +247,6 @@ impl VHost {
         }
     }
 
-    /// Declare (or passively check) a queue. Returns the queue and whether it was created.
     /// Is `name` an existing exchange of type topic (for topic permissions)?
     pub fn is_topic_exchange(&self, name: &str) -> bool {
         self.exchanges
@@ -260,6 +259,7 @@ impl VHost {
         super::vhosts::limit_of(&self.settings.read().record.limits, key)
     }
 
+    /// Declare (or passively check) a queue. Returns the queue and whether it was created.
     pub fn declare_queue(
         self: &Arc<Self>,
         d: QueueDeclare,

@@ -57,12 +57,7 @@ impl Channel {
             AMQPMethod::Bind(b) => {
                 ctx.access
                     .exchange_bind(b.destination.as_str(), b.source.as_str())?;
-                ctx.access.topic(
-                    crate::auth::Perm::Read,
-                    b.source.as_str(),
-                    b.routing_key.as_str(),
-                    || ctx.vhost.is_topic_exchange(b.source.as_str()),
-                )?;
+                ctx.check_binding_key(b.source.as_str(), b.routing_key.as_str())?;
                 ctx.vhost.bind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),
@@ -77,12 +72,7 @@ impl Channel {
             AMQPMethod::Unbind(b) => {
                 ctx.access
                     .exchange_bind(b.destination.as_str(), b.source.as_str())?;
-                ctx.access.topic(
-                    crate::auth::Perm::Read,
-                    b.source.as_str(),
-                    b.routing_key.as_str(),
-                    || ctx.vhost.is_topic_exchange(b.source.as_str()),
-                )?;
+                ctx.check_binding_key(b.source.as_str(), b.routing_key.as_str())?;
                 ctx.vhost.unbind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),

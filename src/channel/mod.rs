@@ -35,6 +35,17 @@ pub struct ChannelCtx<'a> {
     pub access: &'a crate::auth::Access,
 }
 
+impl ChannelCtx<'_> {
+    /// Topic permissions on a binding or unbinding: its key must match the user's `read`
+    /// pattern when the source is a topic exchange (as RabbitMQ checks them).
+    fn check_binding_key(&self, exchange: &str, key: &str) -> AmqpResult<()> {
+        self.access
+            .topic(crate::auth::Perm::Read, exchange, key, || {
+                self.vhost.is_topic_exchange(exchange)
+            })
+    }
+}
+
 /// A basic.publish waiting for its content.
 struct PendingPublish {
     exchange: String,

@@ -92,12 +92,7 @@ impl Channel {
             AMQPMethod::Bind(b) => {
                 let name = self.queue_name(b.queue.as_str())?;
                 ctx.access.queue_bind(&name, b.exchange.as_str())?;
-                ctx.access.topic(
-                    crate::auth::Perm::Read,
-                    b.exchange.as_str(),
-                    b.routing_key.as_str(),
-                    || ctx.vhost.is_topic_exchange(b.exchange.as_str()),
-                )?;
+                ctx.check_binding_key(b.exchange.as_str(), b.routing_key.as_str())?;
                 ctx.vhost.bind_queue(
                     &name,
                     b.exchange.as_str(),
@@ -113,12 +108,7 @@ impl Channel {
             AMQPMethod::Unbind(b) => {
                 let name = self.queue_name(b.queue.as_str())?;
                 ctx.access.queue_bind(&name, b.exchange.as_str())?;
-                ctx.access.topic(
-                    crate::auth::Perm::Read,
-                    b.exchange.as_str(),
-                    b.routing_key.as_str(),
-                    || ctx.vhost.is_topic_exchange(b.exchange.as_str()),
-                )?;
+                ctx.check_binding_key(b.exchange.as_str(), b.routing_key.as_str())?;
                 ctx.vhost.unbind_queue(
                     &name,
                     b.exchange.as_str(),
