@@ -285,20 +285,43 @@ async fn list_parameters_page_sort_filter_columns() {
     assert_eq!(page["items"][0]["name"], "q10");
     let f = a.ok("/api/queues?page=1&name=q2").await;
     assert_eq!(f["filtered_count"], 10);
+    // Regex and substring filters are case-insensitive and apply with `page` only, as in
+    // RabbitMQ.
     let r = a
-        .ok("/api/queues?name=%5Eq0%5B12%5D%24&use_regex=true")
+        .ok("/api/queues?page=1&name=%5EQ0%5B12%5D%24&use_regex=true")
         .await;
-    assert_eq!(r.as_array().unwrap().len(), 2);
+    assert_eq!(r["filtered_count"], 2);
+    let unpaged = a.ok("/api/queues?name=q2").await;
+    assert_eq!(unpaged.as_array().unwrap().len(), 30);
     let s = a
         .ok("/api/queues?sort=messages_ready&sort_reverse=true&columns=name,messages_ready")
         .await;
     assert_eq!(s[0], json!({"name": "q07", "messages_ready": 4}));
     let rev = a.ok("/api/queues?sort=name&sort_reverse=true").await;
     assert_eq!(rev[0]["name"], "q29");
-    assert_eq!(a.get("/api/queues?page=9&page_size=10").await.0, 400);
-    assert_eq!(a.get("/api/queues?page_size=600").await.0, 400);
+    let (code, body) = a.get("/api/queues?page=9&page_size=10").await;
+    assert_eq!(code, 400);
+    assert_eq!(body["error"], "page_out_of_range");
+    assert_eq!(
+        body["reason"],
+        "Page out of range, page: 9 page size: 10, len: 30"
+    );
+    // The page just past the end is empty, not an error.
+    assert_eq!(
+        a.ok("/api/queues?page=4&page_size=10").await["item_count"],
+        0
+    );
+    let (code, body) = a.get("/api/queues?page=1&page_size=600").await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (400, Some("invalid_pagination_parameters"))
+    );
     assert_eq!(a.get("/api/queues?page=x").await.0, 400);
-    assert_eq!(a.get("/api/queues?name=(&use_regex=true").await.0, 400);
+    let (code, body) = a.get("/api/queues?page=1&name=(&use_regex=true").await;
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (400, Some("Pagination parameters are invalid"))
+    );
     let ex = a.ok("/api/exchanges/%2F?columns=name").await;
     assert!(ex
         .as_array()

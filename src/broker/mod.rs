@@ -32,7 +32,13 @@ pub struct Broker {
     pub connections: DashMap<u64, Arc<ConnShared>>,
     /// Memory and disk alarms; `alarms.set` raises or clears one by hand.
     pub alarms: Arc<alarms::Alarms>,
+    /// What `connection.start` and the API call the cluster; set by `PUT /api/cluster-name`
+    /// and kept in the store, as RabbitMQ's `cluster_name` global parameter.
+    cluster_name: parking_lot::RwLock<String>,
 }
+
+/// The cluster name until one is set.
+pub const DEFAULT_CLUSTER_NAME: &str = "warrenmq";
 
 impl Broker {
     /// Open the data dir and recover durable definitions.
@@ -52,7 +58,12 @@ impl Broker {
             auth.create_default_user(&config.default_user, &config.default_pass);
         }
         store.put_meta("users_initialised", &["done"], &true);
+        let cluster_name = store
+            .scan_meta::<String>("global", &["cluster_name"])?
+            .pop()
+            .unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_string());
         let broker = Broker {
+            cluster_name: parking_lot::RwLock::new(cluster_name),
             alarms: Arc::new(alarms::Alarms::new(&config)),
             auth: Arc::new(auth),
             config,
@@ -149,6 +160,17 @@ impl Broker {
             tracing::info!(messages, elapsed = ?started.elapsed(), "recovered persistent messages");
         }
         Ok(())
+    }
+
+    pub fn cluster_name(&self) -> String {
+        self.cluster_name.read().clone()
+    }
+
+    pub fn set_cluster_name(&self, name: String) {
+        if let Some(store) = &self.store {
+            store.put_meta("global", &["cluster_name", "value"], &name);
+        }
+        *self.cluster_name.write() = name;
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {

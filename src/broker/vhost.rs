@@ -2,6 +2,7 @@
 //! routing step every publish goes through is in `exchange/route.rs`.
 
 use super::args::{self, EXCHANGE_EQUIVALENCE_KEYS, QUEUE_EQUIVALENCE_KEYS};
+use super::delivery::Consumer;
 use super::exchange::{Binding, Destination, Exchange, ExchangeSpec, ExchangeType};
 use super::queue::{InboundBinding, Queue, QueueSpec};
 use crate::error::{AmqpError, AmqpResult};
@@ -102,15 +103,19 @@ impl VHost {
 
     fn check_exclusive(&self, q: &Queue, conn_id: u64) -> AmqpResult<()> {
         match q.spec.exclusive_owner {
-            Some(owner) if owner != conn_id => Err(AmqpError::locked(format!(
-                "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be \
-                 originally declared on another connection or the exclusive property value does \
-                 not match that of the original declaration.",
-                q.name(),
-                self.name
-            ))),
+            Some(owner) if owner != conn_id => Err(self.locked_queue(q)),
             _ => Ok(()),
         }
+    }
+
+    fn locked_queue(&self, q: &Queue) -> AmqpError {
+        AmqpError::locked(format!(
+            "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be \
+             originally declared on another connection or the exclusive property value does \
+             not match that of the original declaration.",
+            q.name(),
+            self.name
+        ))
     }
 
     pub fn declare_exchange(&self, spec: ExchangeSpec, passive: bool) -> AmqpResult<Arc<Exchange>> {
@@ -296,12 +301,14 @@ impl VHost {
             dashmap::mapref::entry::Entry::Occupied(e) => {
                 let q = e.get().clone();
                 drop(e);
-                self.check_exclusive(&q, conn_id)?;
+                // RabbitMQ's strict check: the declaration's owner (this connection if
+                // exclusive, none if not) must be the queue's, or 405 before anything else.
+                if q.spec.exclusive_owner != spec.exclusive_owner {
+                    return Err(self.locked_queue(&q));
+                }
                 let old = &q.spec;
                 let field = if old.durable != spec.durable {
                     Some("durable")
-                } else if old.exclusive_owner.is_some() != spec.exclusive_owner.is_some() {
-                    Some("exclusive")
                 } else if old.auto_delete != spec.auto_delete {
                     Some("auto_delete")
                 } else {
@@ -347,9 +354,9 @@ impl VHost {
         if_unused: bool,
         if_empty: bool,
         conn_id: u64,
-    ) -> AmqpResult<u32> {
+    ) -> AmqpResult<Removed> {
         let Some(q) = self.queues.get(name).map(|q| q.clone()) else {
-            return Ok(0);
+            return Ok(Removed::default());
         };
         self.check_exclusive(&q, conn_id)?;
         if if_unused && q.has_consumers() {
@@ -367,10 +374,12 @@ impl VHost {
         Ok(self.remove_queue(&q))
     }
 
-    /// Remove a queue from everywhere: registry, bindings, store; cancel its consumers.
-    pub fn remove_queue(&self, q: &Arc<Queue>) -> u32 {
+    /// Remove a queue from everywhere: registry, bindings, store; cancel its consumers. Their
+    /// `basic.cancel` notifications go out when the returned value is dropped, so that a
+    /// `queue.delete` answers delete-ok first, as RabbitMQ does.
+    pub fn remove_queue(&self, q: &Arc<Queue>) -> Removed {
         if q.is_deleted() {
-            return 0;
+            return Removed::default();
         }
         self.queues.remove_if(q.name(), |_, v| Arc::ptr_eq(v, q));
         let (bindings, consumers, count) = q.mark_deleted();
@@ -386,17 +395,15 @@ impl VHost {
                 self.maybe_auto_delete_exchange(&ex);
             }
         }
-        for c in consumers {
-            c.channel
-                .conn
-                .notify_consumer_cancelled(c.channel.id, &c.tag);
-        }
         if q.spec.durable {
             if let Some(store) = &self.store {
                 store.remove_queue(&self.name, q.name());
             }
         }
-        count
+        Removed {
+            message_count: count,
+            cancelled: consumers,
+        }
     }
 
     fn forget_binding(&self, ex: &Exchange, b: &Binding) {
@@ -599,7 +606,6 @@ fn describe_exchange_field(spec: &ExchangeSpec, field: &str) -> String {
 fn describe_queue_field(spec: &QueueSpec, field: &str) -> String {
     match field {
         "durable" => spec.durable.to_string(),
-        "exclusive" => spec.exclusive_owner.is_some().to_string(),
         "auto_delete" => spec.auto_delete.to_string(),
         key => describe_arg(args::get(&spec.arguments, key)),
     }
@@ -670,4 +676,22 @@ fn validate_queue_arguments(a: &FieldTable) -> AmqpResult<()> {
         }
     }
     Ok(())
+}
+
+/// What removing a queue did: its ready message count, and the consumers it cancelled, who
+/// are told (`basic.cancel`, to clients with `consumer_cancel_notify`) when this is dropped.
+#[derive(Default)]
+pub struct Removed {
+    pub message_count: u32,
+    cancelled: Vec<Arc<Consumer>>,
+}
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        for c in self.cancelled.drain(..) {
+            c.channel
+                .conn
+                .notify_consumer_cancelled(c.channel.id, &c.tag);
+        }
+    }
 }

@@ -95,9 +95,16 @@ impl Channel {
                 self.settle(taken, Some(r.requeue));
                 Ok(())
             }
-            AMQPMethod::Recover(r) => {
+            // Redelivering to the same channel without requeueing is what requeue=false
+            // would mean; RabbitMQ does not implement it and closes the connection 540.
+            AMQPMethod::Recover(r) if !r.requeue => {
+                Err(AmqpError::not_implemented("requeue=false"))
+            }
+            AMQPMethod::RecoverAsync(r) if !r.requeue => {
+                Err(AmqpError::not_implemented("requeue=false"))
+            }
+            AMQPMethod::Recover(_) => {
                 self.recover();
-                let _ = r.requeue;
                 self.send(
                     ctx,
                     AMQPClass::Basic(AMQPMethod::RecoverOk(b::RecoverOk {})),

@@ -174,15 +174,17 @@ impl Channel {
             AMQPClass::Basic(m) => self.basic_method(ctx, m),
             AMQPClass::Confirm(m) => self.confirm_method(ctx, m),
             AMQPClass::Tx(m) => self.tx_method(ctx, m),
-            AMQPClass::Channel(chan::AMQPMethod::Flow(f)) => {
-                self.shared.flow_active.store(f.active, Ordering::Relaxed);
+            // RabbitMQ never lets a client pause its deliveries this way (basic.qos is the
+            // tool for that): active=false is a connection error 540, and clients such as
+            // amqp091-go expect exactly that.
+            AMQPClass::Channel(chan::AMQPMethod::Flow(f)) if !f.active => {
+                Err(AmqpError::not_implemented("active=false"))
+            }
+            AMQPClass::Channel(chan::AMQPMethod::Flow(_)) => {
                 self.send(
                     ctx,
-                    AMQPClass::Channel(chan::AMQPMethod::FlowOk(chan::FlowOk { active: f.active })),
+                    AMQPClass::Channel(chan::AMQPMethod::FlowOk(chan::FlowOk { active: true })),
                 );
-                if f.active {
-                    self.dispatch_consumed_queues();
-                }
                 Ok(())
             }
             AMQPClass::Channel(chan::AMQPMethod::FlowOk(_)) => Ok(()),

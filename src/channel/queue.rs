@@ -135,15 +135,19 @@ impl Channel {
             AMQPMethod::Delete(d) => {
                 let name = self.queue_name(d.queue.as_str())?;
                 ctx.access.configure_queue(&name)?;
-                let message_count =
-                    ctx.vhost
-                        .delete_queue(&name, d.if_unused, d.if_empty, conn_id)?;
+                let removed = ctx
+                    .vhost
+                    .delete_queue(&name, d.if_unused, d.if_empty, conn_id)?;
                 if !d.nowait {
                     self.send(
                         ctx,
-                        AMQPClass::Queue(AMQPMethod::DeleteOk(q::DeleteOk { message_count })),
+                        AMQPClass::Queue(AMQPMethod::DeleteOk(q::DeleteOk {
+                            message_count: removed.message_count,
+                        })),
                     );
                 }
+                // The consumers' basic.cancel notifications follow the delete-ok.
+                drop(removed);
                 Ok(())
             }
             _ => Err(AmqpError::command_invalid(

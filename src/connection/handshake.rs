@@ -30,7 +30,7 @@ fn longstr(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
-pub fn server_properties() -> FieldTable {
+pub fn server_properties(cluster_name: &str) -> FieldTable {
     let mut caps = FieldTable::default();
     for c in SERVER_CAPABILITIES {
         caps.insert((*c).into(), AMQPValue::Boolean(true));
@@ -39,7 +39,7 @@ pub fn server_properties() -> FieldTable {
     t.insert("product".into(), longstr("WarrenMQ"));
     t.insert("version".into(), longstr(env!("CARGO_PKG_VERSION")));
     t.insert("platform".into(), longstr("Rust"));
-    t.insert("cluster_name".into(), longstr("warrenmq"));
+    t.insert("cluster_name".into(), longstr(cluster_name));
     t.insert("copyright".into(), longstr("WarrenMQ contributors"));
     t.insert(
         "information".into(),
@@ -196,7 +196,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             AMQPClass::Connection(conn::AMQPMethod::Start(conn::Start {
                 version_major: 0,
                 version_minor: 9,
-                server_properties: server_properties(),
+                server_properties: server_properties(&self.broker.cluster_name()),
                 mechanisms: self.broker.config.auth_mechanisms.join(" ").into(),
                 locales: "en_US".into(),
             })),

@@ -595,12 +595,14 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 ))
                 .at(class_id, method_id));
             }
-            if self.channel_max != 0 && id > self.channel_max {
+            // channel_max bounds how many channels are open at once, not their numbers: as
+            // in RabbitMQ, channel 65535 may be opened while fewer than channel_max are.
+            let open = self.channels.len();
+            if self.channel_max != 0 && open >= self.channel_max as usize {
                 return Err(AmqpError::not_allowed(format!(
-                    "channel {id} is above the negotiated channel_max {}",
+                    "number of channels opened ({open}) has reached the negotiated channel_max ({})",
                     self.channel_max
-                ))
-                .at(class_id, method_id));
+                )));
             }
             self.check_channel_limit()
                 .map_err(|e| e.at(class_id, method_id))?;

@@ -204,7 +204,7 @@ pub fn export(ctx: &Ctx, vhost: Option<&VHost>) -> Value {
             out.insert("parameters".into(), Value::Array(parameters));
             out.insert(
                 "global_parameters".into(),
-                json!([{"name": "cluster_name", "value": "warrenmq"}]),
+                json!([{"name": "cluster_name", "value": ctx.broker.cluster_name()}]),
             );
             for v in &vhosts {
                 let (q, x, b) = vhost_objects(v, true);
@@ -281,6 +281,11 @@ pub fn import(ctx: &Ctx, defs: &Value, only: Option<&str>) -> Result<(), String>
         for p in items(defs, "topic_permissions") {
             super::topic_permissions::set_from_json(ctx, text(p, "vhost")?, text(p, "user")?, p)
                 .map_err(|e| e.reason)?;
+        }
+        for g in items(defs, "global_parameters") {
+            if let ("cluster_name", Some(name)) = (text(g, "name")?, g["value"].as_str()) {
+                broker.set_cluster_name(name.to_string());
+            }
         }
     }
     let vhost_of = |item: &Value| -> Result<Arc<VHost>, String> {

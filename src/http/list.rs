@@ -9,7 +9,7 @@
 
 use super::error::{ApiError, ApiResult};
 use axum::extract::Query;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -37,7 +37,7 @@ enum Filter {
 impl Filter {
     fn matches(&self, name: &str) -> bool {
         match self {
-            Filter::Substring(s) => name.contains(s.as_str()),
+            Filter::Substring(s) => name.to_lowercase().contains(s.as_str()),
             Filter::Regex(r) => r.is_match(name),
         }
     }
@@ -47,37 +47,46 @@ fn flag(q: &HashMap<String, String>, k: &str) -> bool {
     q.get(k).is_some_and(|v| v == "true")
 }
 
+/// RabbitMQ's answer to a page number or size that is not a number, or a bad regex.
+fn invalid_pagination() -> ApiError {
+    ApiError::bad_request("Pagination parameters are invalid")
+}
+
 impl ListParams {
+    /// As RabbitMQ's management API: `name`, `use_regex`, `page_size` and the page object
+    /// apply only when `page` is given; without it the whole sorted list comes back.
+    /// Name matching is case-insensitive, as a substring or a regex.
     pub fn parse(q: &HashMap<String, String>) -> ApiResult<Self> {
         let num = |k: &str| -> ApiResult<Option<usize>> {
-            match q.get(k) {
-                None => Ok(None),
-                Some(v) => v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .map(Some)
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!("{k} must be a positive integer"))
-                    }),
-            }
+            q.get(k)
+                .map(|v| v.parse::<usize>().map_err(|_| invalid_pagination()))
+                .transpose()
         };
         let page = num("page")?;
-        let page_size = num("page_size")?.unwrap_or(100);
-        if page_size > MAX_PAGE_SIZE {
-            return Err(ApiError::bad_request(format!(
-                "page_size must be at most {MAX_PAGE_SIZE}"
-            )));
-        }
-        let name = match q.get("name").filter(|s| !s.is_empty()) {
-            None => None,
-            Some(n) if flag(q, "use_regex") => {
-                Some(Filter::Regex(regex::Regex::new(n).map_err(|e| {
-                    ApiError::bad_request(format!("invalid regex: {e}"))
-                })?))
+        let mut page_size = 100;
+        let mut name = None;
+        if let Some(page) = page {
+            let size = num("page_size")?;
+            page_size = size.unwrap_or(100);
+            if page == 0 || page_size == 0 || page_size > MAX_PAGE_SIZE {
+                let size = size.map_or("undefined".to_string(), |s| s.to_string());
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_pagination_parameters",
+                    format!("Invalid pagination parameters: page number {page}, page size {size}"),
+                ));
             }
-            Some(n) => Some(Filter::Substring(n.clone())),
-        };
+            name = match q.get("name").filter(|s| !s.is_empty()) {
+                None => None,
+                Some(n) if flag(q, "use_regex") => Some(Filter::Regex(
+                    regex::RegexBuilder::new(n)
+                        .case_insensitive(true)
+                        .build()
+                        .map_err(|_| invalid_pagination())?,
+                )),
+                Some(n) => Some(Filter::Substring(n.to_lowercase())),
+            };
+        }
         Ok(ListParams {
             page,
             page_size,
@@ -235,7 +244,7 @@ fn json_response<R: Serialize>(
             item_count: items.len(),
             items,
             page,
-            page_count: filtered.div_ceil(p.page_size).max(1),
+            page_count: filtered.div_ceil(p.page_size),
             page_size: p.page_size,
             total_count: total,
         }),
@@ -246,11 +255,18 @@ fn json_response<R: Serialize>(
 
 fn page_range(p: &ListParams, n: usize) -> ApiResult<std::ops::Range<usize>> {
     let Some(page) = p.page else { return Ok(0..n) };
-    let pages = n.div_ceil(p.page_size).max(1);
-    if page > pages {
-        return Err(ApiError::bad_request("Page out of range"));
+    // The page just past the end is an empty page; further is out of range (RabbitMQ).
+    let start = (page - 1).saturating_mul(p.page_size);
+    if start > n {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "page_out_of_range",
+            format!(
+                "Page out of range, page: {page} page size: {}, len: {n}",
+                p.page_size
+            ),
+        ));
     }
-    let start = (page - 1) * p.page_size;
     Ok(start..(start + p.page_size).min(n))
 }
 
@@ -315,12 +331,23 @@ mod tests {
         assert_eq!(v[0]["name"], "q24");
         let v = body(respond_values(
             rows.clone(),
-            &params(&[("name", "q1"), ("columns", "name,x.y")]),
+            &params(&[("page", "1"), ("name", "Q1"), ("columns", "name,x.y")]),
         ));
-        assert_eq!(v.as_array().unwrap().len(), 10);
-        assert_eq!(v[0], json!({"name": "q10", "x": {"y": 10}}));
-        let m: HashMap<String, String> = [("page_size".to_string(), "501".to_string())].into();
+        assert_eq!(v["items"].as_array().unwrap().len(), 10);
+        assert_eq!(v["items"][0], json!({"name": "q10", "x": {"y": 10}}));
+        // Without a page, the name filter does not apply (RabbitMQ).
+        let v = body(respond_values(rows.clone(), &params(&[("name", "q1")])));
+        assert_eq!(v.as_array().unwrap().len(), 25);
+        let m: HashMap<String, String> = [("page", "1"), ("page_size", "501")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into();
         assert!(ListParams::parse(&m).is_err());
-        assert!(respond_values(rows, &params(&[("page", "4"), ("page_size", "10")])).is_err());
+        // Page 4 of 10 is just past the end: empty; page 5 is out of range.
+        let v = body(respond_values(
+            rows.clone(),
+            &params(&[("page", "4"), ("page_size", "10")]),
+        ));
+        assert_eq!(v["item_count"], 0);
+        assert!(respond_values(rows, &params(&[("page", "5"), ("page_size", "10")])).is_err());
     }
 }

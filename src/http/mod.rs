@@ -24,6 +24,7 @@ mod dashboard;
 pub mod definitions;
 mod error;
 mod exchanges;
+mod health;
 mod json;
 mod limits;
 mod list;
@@ -84,6 +85,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
     let max_body = ctx.broker.config.http_max_body;
     Router::new()
         .merge(overview::routes())
+        .merge(health::routes())
         .merge(connections::routes())
         .merge(exchanges::routes())
         .merge(queues::routes())

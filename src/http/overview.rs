@@ -1,12 +1,11 @@
-//! `GET /api/overview`, `/api/nodes`, `/api/whoami` and the health checks.
+//! `GET /api/overview`, `/api/nodes`, `/api/whoami`, `/api/cluster-name`.
 
-use super::authn::Authed;
+use super::authn::{Authed, JsonBody};
 use super::error::{ApiError, ApiResult};
 use super::rates::{message_stats, Rate};
 use super::{metrics, Ctx, State};
 use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -25,13 +24,7 @@ pub fn routes() -> Router<Arc<Ctx>> {
             "/api/extensions",
             get(|_: Authed| async { Json(json!([])) }),
         )
-        .route("/api/health/checks/alarms", get(alarms))
-        .route("/api/health/checks/local-alarms", get(local_alarms))
-        .route("/api/health/checks/virtual-hosts", get(ok))
-        .route(
-            "/api/health/checks/port-listener/{port}",
-            get(port_listener),
-        )
+        .route("/api/cluster-name", get(cluster_name).put(set_cluster_name))
 }
 
 /// Depth totals over the queues a user may see.
@@ -87,7 +80,7 @@ async fn overview(axum::extract::State(ctx): State, user: Authed) -> Json<Value>
         "product_version": env!("CARGO_PKG_VERSION"),
         "erlang_version": "n/a",
         "rates_mode": "basic",
-        "cluster_name": "warrenmq",
+        "cluster_name": ctx.broker.cluster_name(),
         "node": ctx.node,
         "exchange_types": [
             {"name": "direct", "description": "AMQP direct exchange", "enabled": true},
@@ -161,62 +154,22 @@ async fn whoami(user: Authed) -> Json<Value> {
     Json(json!({"name": user.0.name, "tags": user.0.tags}))
 }
 
-async fn ok(_: Authed) -> Json<Value> {
-    Json(json!({"status": "ok"}))
+async fn cluster_name(axum::extract::State(ctx): State, _: Authed) -> Json<Value> {
+    Json(json!({"name": ctx.broker.cluster_name()}))
 }
 
-/// 200 while no alarm is in effect; 503 with the alarms listed, as RabbitMQ answers.
-fn alarm_check(ctx: &Ctx, reason: &str) -> Response {
-    let state = ctx.broker.alarms.state();
-    if !state.any() {
-        return Json(json!({"status": "ok"})).into_response();
-    }
-    let alarms: Vec<Value> = state
-        .resources()
-        .into_iter()
-        .map(|r| json!({"resource": r.name(), "node": ctx.node}))
-        .collect();
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({"status": "failed", "reason": reason, "alarms": alarms})),
-    )
-        .into_response()
-}
-
-async fn alarms(axum::extract::State(ctx): State, _: Authed) -> Response {
-    alarm_check(&ctx, "There are alarms in effect in the cluster")
-}
-
-async fn local_alarms(axum::extract::State(ctx): State, _: Authed) -> Response {
-    alarm_check(&ctx, "There are alarms in effect on the node")
-}
-
-async fn port_listener(
+/// `PUT /api/cluster-name` `{"name": …}`: administrators only; new connections see it in
+/// `connection.start`, as in RabbitMQ.
+async fn set_cluster_name(
     axum::extract::State(ctx): State,
-    _: Authed,
-    Path(port): Path<String>,
-) -> ApiResult<Response> {
-    let port: u16 = port
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("invalid port '{port}'")))?;
-    let ports: Vec<u16> = [
-        Some(ctx.amqp_addr),
-        ctx.amqps_addr,
-        Some(ctx.http_addr),
-        ctx.https_addr,
-        Some(ctx.metrics_addr),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|a| a.port())
-    .collect();
-    Ok(if ports.contains(&port) {
-        Json(json!({"status": "ok", "port": port})).into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "failed", "reason": "No active listener", "missing": port, "ports": ports})),
-        )
-            .into_response()
-    })
+    user: Authed,
+    body: JsonBody,
+) -> ApiResult<StatusCode> {
+    user.require_admin()?;
+    let name = body
+        .str("name")
+        .filter(|n| !n.is_empty() && n.len() <= 255)
+        .ok_or_else(|| ApiError::bad_request("name must be a string of 1 to 255 bytes"))?;
+    ctx.broker.set_cluster_name(name.to_string());
+    Ok(StatusCode::NO_CONTENT)
 }

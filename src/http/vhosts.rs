@@ -5,7 +5,7 @@ use super::error::{ApiError, ApiResult};
 use super::list::{respond, ListParams, Params};
 use super::permissions::permission_json;
 use super::{Ctx, State};
-use crate::auth::parse_tags;
+use crate::auth::{parse_tags, PermissionRecord};
 use crate::broker::vhost::VHost;
 use crate::broker::vhosts::VhostRecord;
 use axum::extract::Path;
@@ -97,6 +97,7 @@ async fn put(
         .vhost(&name)
         .map(|v| v.settings.read().record.limits.clone())
         .unwrap_or_default();
+    let vhost_name = name.clone();
     let created = ctx.broker.put_vhost(VhostRecord {
         name,
         description,
@@ -104,6 +105,19 @@ async fn put(
         default_queue_type: body.str("default_queue_type").map(str::to_string),
         limits,
     });
+    if created {
+        // As RabbitMQ's management API: whoever creates a vhost may use it at once.
+        ctx.broker
+            .auth
+            .set_permission(PermissionRecord {
+                user: user.0.name.clone(),
+                vhost: vhost_name,
+                configure: ".*".into(),
+                write: ".*".into(),
+                read: ".*".into(),
+            })
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+    }
     Ok(if created {
         StatusCode::CREATED
     } else {

@@ -113,7 +113,8 @@ enum Known {
 /// Limits applied while reading.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadLimits {
-    /// Negotiated frame_max (whole frame, header and end octet included); 0 = no limit.
+    /// Negotiated frame_max; 0 = no limit. A frame whose payload is at most this is read:
+    /// the 8 bytes of header and end octet are slack, as in RabbitMQ.
     pub frame_max: u32,
     /// Deepest nesting of tables and arrays accepted.
     pub max_table_depth: usize,
@@ -130,7 +131,10 @@ pub fn read_frame(buf: &mut BytesMut, limits: ReadLimits) -> Result<Option<InFra
     let frame_type = buf[0];
     let channel = u16::from_be_bytes([buf[1], buf[2]]);
     let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-    if limits.frame_max != 0 && size + FRAME_OVERHEAD > limits.frame_max as usize {
+    // The 8 bytes of frame overhead are slack, as RabbitMQ allows them: several clients
+    // (amqpstorm among them) count frame_max as the payload limit. A payload above
+    // frame_max is refused before any of it is buffered.
+    if limits.frame_max != 0 && size > limits.frame_max as usize {
         return Err(frame_err(
             ReplyCode::FrameError,
             format!(
