@@ -521,27 +521,52 @@ async fn cancel_stops_deliveries() {
 }
 
 #[tokio::test]
-async fn channel_flow_pauses_deliveries() {
+async fn channel_flow_on_is_ok_and_off_is_540_as_in_rabbitmq() {
     let b = start_broker().await;
     let conn = connect(&b).await;
     let ch = channel(&conn).await;
     declare(&ch, "fl").await;
     within(
-        "flow off",
-        ch.channel_flow(ChannelFlowOptions { active: false }),
-    )
-    .await
-    .unwrap();
-    let mut c = consume(&ch, "fl", "c", true).await;
-    publish(&ch, "", "fl", b"later").await;
-    assert_eq!(ready_count(&ch, "fl").await, 1);
-    within(
         "flow on",
         ch.channel_flow(ChannelFlowOptions { active: true }),
     )
     .await
-    .unwrap();
-    assert_eq!(next(&mut c).await.data, b"later");
+    .expect("flow-ok");
+    let mut c = consume(&ch, "fl", "c", true).await;
+    publish(&ch, "", "fl", b"still flowing").await;
+    assert_eq!(next(&mut c).await.data, b"still flowing");
+    // A client may not pause the broker's deliveries: RabbitMQ closes the connection.
+    let r = within(
+        "flow off",
+        ch.channel_flow(ChannelFlowOptions { active: false }),
+    )
+    .await;
+    assert_eq!(failure(r), (540, "NOT_IMPLEMENTED - active=false".into()));
+    still_serving(&b).await;
+}
+
+#[tokio::test]
+async fn recover_without_requeue_is_540_as_in_rabbitmq() {
+    let b = start_broker().await;
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    let r = within(
+        "recover requeue=false",
+        ch.basic_recover(BasicRecoverOptions { requeue: false }),
+    )
+    .await;
+    assert_eq!(failure(r), (540, "NOT_IMPLEMENTED - requeue=false".into()));
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    let r = within("recover-async requeue=false", async {
+        ch.basic_recover_async(BasicRecoverAsyncOptions { requeue: false })
+            .await?;
+        // recover-async has no reply: the close comes on the next round trip.
+        ch.queue_declare("after".into(), Default::default(), FieldTable::default())
+            .await
+    })
+    .await;
+    assert_eq!(failure(r).0, 540);
 }
 
 #[tokio::test]

@@ -30,22 +30,6 @@ async fn connect_uri(uri: &str) -> Result<Connection, lapin::Error> {
     .await
 }
 
-/// A fresh lapin client can connect and work.
-async fn still_serving(b: &TestBroker) {
-    let c = connect(b).await;
-    let ch = channel(&c).await;
-    declare(&ch, "alive").await;
-    publish(&ch, "", "alive", b"ping").await;
-    let got = within(
-        "basic.get",
-        ch.basic_get("alive".into(), BasicGetOptions { no_ack: true }),
-    )
-    .await
-    .unwrap()
-    .expect("a message");
-    assert_eq!(got.delivery.data, b"ping");
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -242,17 +226,31 @@ async fn second_channel_open_on_an_open_channel_is_504() {
 }
 
 #[tokio::test]
-async fn channel_above_channel_max_is_a_connection_error() {
+async fn channel_max_bounds_open_channels_not_channel_numbers() {
     let b = start_broker().await;
-    // Raw::open negotiates channel_max 16.
+    // Raw::open negotiates channel_max 16. Any number may be used, as in RabbitMQ.
     let mut r = Raw::open(b.addr()).await;
-    r.open_channel(16).await;
+    r.open_channel(65535).await;
+    for id in 1..=15 {
+        r.open_channel(id * 100).await;
+    }
     r.send(AMQPFrame::Method(
         17,
         AMQPClass::Channel(chan::AMQPMethod::Open(chan::Open {})),
     ))
     .await;
-    assert_eq!(r.expect_connection_close().await, (530, 20, 10));
+    let close = r.expect_connection_close_full().await;
+    assert_eq!(
+        close,
+        (
+            530,
+            "NOT_ALLOWED - number of channels opened (16) has reached the negotiated \
+             channel_max (16)"
+                .to_string(),
+            0,
+            0
+        )
+    );
     still_serving(&b).await;
 }
 

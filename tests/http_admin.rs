@@ -42,7 +42,18 @@ async fn vhosts_create_list_delete() {
         a.ok("/api/vhosts/%2F/permissions").await[0]["user"],
         "guest"
     );
-    assert_eq!(a.ok("/api/vhosts/tenant-a/permissions").await, json!([]));
+    // As RabbitMQ's API: the creator gets full permissions on the new vhost and can use it.
+    assert_eq!(
+        a.ok("/api/vhosts/tenant-a/permissions").await,
+        json!([{"vhost": "tenant-a", "user": "guest", "configure": ".*", "write": ".*", "read": ".*"}])
+    );
+    assert_eq!(a.put("/api/queues/tenant-a/jobs", json!({})).await.0, 201);
+    assert_eq!(
+        a.put("/api/exchanges/tenant-a/jobs-x", json!({"type": "direct"}))
+            .await
+            .0,
+        201
+    );
     assert_eq!(a.delete("/api/vhosts/tenant-a").await.0, 204);
     assert_eq!(a.delete("/api/vhosts/tenant-a").await.0, 404);
     assert_eq!(a.get("/api/vhosts/tenant-a").await.0, 404);

@@ -61,6 +61,83 @@ async fn overview_nodes_whoami_and_health() {
 }
 
 #[tokio::test]
+async fn aliveness_test_node_healthchecks_and_cluster_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = test_config(dir.path());
+    let mut b = start_broker_with(cfg.clone(), dir).await;
+    let a = api(&b);
+    assert_eq!(
+        a.ok("/api/aliveness-test/%2F").await,
+        json!({"status": "ok"})
+    );
+    // It leaves its queue behind, empty, as RabbitMQ does.
+    let q = a.ok("/api/queues/%2F/aliveness-test").await;
+    assert_eq!(
+        (q["durable"].as_bool(), q["messages"].as_u64()),
+        (Some(false), Some(0))
+    );
+    assert_eq!(a.get("/api/aliveness-test/nowhere").await.0, 404);
+    // Bad credentials are 401 before an unknown vhost is 404.
+    let bad = api_as(&b, "guest", "wrong");
+    assert_eq!(bad.get("/api/aliveness-test/nowhere").await.0, 401);
+
+    assert_eq!(
+        a.ok("/api/healthchecks/node").await,
+        json!({"status": "ok"})
+    );
+    let node = a.ok("/api/overview").await["node"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        a.ok(&format!("/api/healthchecks/node/{node}")).await,
+        json!({"status": "ok"})
+    );
+    assert_eq!(a.get("/api/healthchecks/node/nobody@nowhere").await.0, 404);
+
+    assert_eq!(a.ok("/api/cluster-name").await, json!({"name": "warrenmq"}));
+    assert_eq!(
+        a.put("/api/cluster-name", json!({"name": "gpu-pool"}))
+            .await
+            .0,
+        204
+    );
+    assert_eq!(a.put("/api/cluster-name", json!({"name": 7})).await.0, 400);
+    assert_eq!(a.ok("/api/cluster-name").await, json!({"name": "gpu-pool"}));
+    assert_eq!(a.ok("/api/overview").await["cluster_name"], "gpu-pool");
+    // Clients see it in connection.start.
+    let mut r = common::raw::Raw::tcp(b.addr()).await;
+    r.send_raw(b"AMQP\x00\x00\x09\x01").await;
+    use amq_protocol::frame::AMQPFrame;
+    use amq_protocol::protocol::{connection, AMQPClass};
+    match r.recv().await {
+        Some(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Start(s)))) => {
+            let name = s.server_properties.inner().get("cluster_name").cloned();
+            assert_eq!(
+                name,
+                Some(amq_protocol::types::AMQPValue::LongString(
+                    "gpu-pool".into()
+                ))
+            );
+        }
+        other => panic!("expected connection.start, got {other:?}"),
+    }
+    let defs = a.ok("/api/definitions").await;
+    assert_eq!(
+        defs["global_parameters"],
+        json!([{"name": "cluster_name", "value": "gpu-pool"}])
+    );
+    // Kept across a restart.
+    let dir = std::mem::replace(&mut b.dir, tempfile::tempdir().unwrap());
+    b.stop().await;
+    let b = start_broker_with(cfg, dir).await;
+    assert_eq!(
+        api(&b).ok("/api/cluster-name").await,
+        json!({"name": "gpu-pool"})
+    );
+}
+
+#[tokio::test]
 async fn authentication_and_tags() {
     let b = start_broker().await;
     let addr = b.handle.as_ref().unwrap().http_addr;

@@ -326,6 +326,159 @@ async fn exclusive_queue_is_locked_for_other_connections() {
         .expect("owner binds");
 }
 
+/// RabbitMQ's strict check: a declaration whose exclusivity differs from the queue's is
+/// 405 RESOURCE_LOCKED, never 406, whichever connection sends it.
+#[tokio::test]
+async fn declaring_with_other_exclusivity_is_405_not_406() {
+    let b = start_broker().await;
+    let owner = connect(&b).await;
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    qdeclare(
+        &channel(&owner).await,
+        "mine",
+        exclusive,
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let locked = |q: &str| {
+        format!(
+            "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{q}' in vhost \
+             '/'. It could be originally declared on another connection or the exclusive \
+             property value does not match that of the original declaration."
+        )
+    };
+    let other = connect(&b).await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let r = qdeclare(
+        &channel(&other).await,
+        "mine",
+        durable,
+        FieldTable::default(),
+    )
+    .await;
+    assert_eq!(
+        code_and_text(r),
+        (405, locked("mine")),
+        "another connection"
+    );
+    let r = qdeclare(
+        &channel(&owner).await,
+        "mine",
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await;
+    assert_eq!(
+        code_and_text(r),
+        (405, locked("mine")),
+        "the owner, not exclusive"
+    );
+
+    qdeclare(
+        &channel(&owner).await,
+        "shared",
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let r = qdeclare(
+        &channel(&other).await,
+        "shared",
+        exclusive,
+        FieldTable::default(),
+    )
+    .await;
+    assert_eq!(
+        code_and_text(r),
+        (405, locked("shared")),
+        "exclusive on a shared queue"
+    );
+    // A passive declare does not care about exclusivity.
+    let passive_exclusive = QueueDeclareOptions {
+        passive: true,
+        exclusive: true,
+        ..Default::default()
+    };
+    qdeclare(
+        &channel(&other).await,
+        "shared",
+        passive_exclusive,
+        FieldTable::default(),
+    )
+    .await
+    .expect("passive");
+}
+
+/// The deleting channel gets delete-ok first, then the cancel of its own consumer, as from
+/// RabbitMQ (kombu fails inside queue_delete when the cancel comes first).
+#[tokio::test]
+async fn queue_delete_answers_delete_ok_before_the_consumer_cancel() {
+    use amq_protocol::frame::AMQPFrame;
+    use amq_protocol::protocol::{basic, queue as q, AMQPClass};
+    let b = start_broker().await;
+    let mut r = common::raw::Raw::open_capable(b.addr(), "consumer_cancel_notify").await;
+    r.open_channel(1).await;
+    let declare = q::Declare {
+        queue: "del".into(),
+        passive: false,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        nowait: false,
+        arguments: FieldTable::default(),
+    };
+    r.send(AMQPFrame::Method(
+        1,
+        AMQPClass::Queue(q::AMQPMethod::Declare(declare)),
+    ))
+    .await;
+    r.recv().await.expect("declare-ok");
+    let consume = basic::Consume {
+        queue: "del".into(),
+        consumer_tag: "ctag".into(),
+        no_local: false,
+        no_ack: true,
+        exclusive: false,
+        nowait: false,
+        arguments: FieldTable::default(),
+    };
+    r.send(AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Consume(consume)),
+    ))
+    .await;
+    r.recv().await.expect("consume-ok");
+    let delete = q::Delete {
+        queue: "del".into(),
+        if_unused: false,
+        if_empty: false,
+        nowait: false,
+    };
+    r.send(AMQPFrame::Method(
+        1,
+        AMQPClass::Queue(q::AMQPMethod::Delete(delete)),
+    ))
+    .await;
+    match r.recv().await {
+        Some(AMQPFrame::Method(1, AMQPClass::Queue(q::AMQPMethod::DeleteOk(_)))) => {}
+        other => panic!("expected delete-ok first, got {other:?}"),
+    }
+    match r.recv().await {
+        Some(AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Cancel(c)))) => {
+            assert_eq!(c.consumer_tag.as_str(), "ctag")
+        }
+        other => panic!("expected basic.cancel, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exclusive_queue_is_deleted_when_its_connection_closes() {
     let b = start_broker().await;

@@ -185,3 +185,19 @@ pub async fn ready_count(ch: &Channel, q: &str) -> u32 {
     .expect("passive declare")
     .message_count()
 }
+
+/// A fresh lapin client can connect and work.
+pub async fn still_serving(b: &TestBroker) {
+    let c = connect(b).await;
+    let ch = channel(&c).await;
+    declare(&ch, "alive").await;
+    publish(&ch, "", "alive", b"ping").await;
+    let got = within(
+        "basic.get",
+        ch.basic_get("alive".into(), BasicGetOptions { no_ack: true }),
+    )
+    .await
+    .unwrap()
+    .expect("a message");
+    assert_eq!(got.delivery.data, b"ping");
+}

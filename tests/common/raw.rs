@@ -3,7 +3,7 @@
 
 use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame, WriteContext};
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
-use amq_protocol::types::FieldTable;
+use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::{Buf, BytesMut};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -59,6 +59,17 @@ impl Raw<TcpStream> {
         Self::open_with(addr, 4096, 0).await
     }
 
+    /// Connect as a client that advertises `capability` (e.g. `consumer_cancel_notify`).
+    pub async fn open_capable(addr: std::net::SocketAddr, capability: &str) -> Raw {
+        let mut caps = FieldTable::default();
+        caps.insert(capability.into(), AMQPValue::Boolean(true));
+        let mut props = FieldTable::default();
+        props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+        let mut r = Self::tcp(addr).await;
+        r.handshake_with(4096, 0, props).await;
+        r
+    }
+
     pub async fn open_with(addr: std::net::SocketAddr, frame_max: u32, heartbeat: u16) -> Raw {
         let mut r = Self::tcp(addr).await;
         r.handshake(frame_max, heartbeat).await;
@@ -75,8 +86,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
         }
     }
 
-    /// The AMQP handshake as guest on vhost "/".
+    /// The AMQP handshake as guest on vhost "/", advertising no capabilities.
     pub async fn handshake(&mut self, frame_max: u32, heartbeat: u16) {
+        self.handshake_with(frame_max, heartbeat, FieldTable::default())
+            .await
+    }
+
+    /// The handshake with these client properties (capabilities, say).
+    pub async fn handshake_with(&mut self, frame_max: u32, heartbeat: u16, props: FieldTable) {
         let r = self;
         r.send_raw(b"AMQP\x00\x00\x09\x01").await;
         match r.recv().await {
@@ -87,7 +104,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
         r.send(AMQPFrame::Method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
-                client_properties: FieldTable::default(),
+                client_properties: props,
                 mechanism: "PLAIN".into(),
                 response: "\0guest\0guest".into(),
                 locale: "en_US".into(),
@@ -185,6 +202,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
 
     /// Read until a connection.close; return (code, class, method) and answer close-ok.
     pub async fn expect_connection_close(&mut self) -> (u16, u16, u16) {
+        let (code, _, class, method) = self.expect_connection_close_full().await;
+        (code, class, method)
+    }
+
+    /// As `expect_connection_close`, with the reply text.
+    pub async fn expect_connection_close_full(&mut self) -> (u16, String, u16, u16) {
         loop {
             match self.recv().await {
                 Some(AMQPFrame::Method(
@@ -198,7 +221,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
                         )),
                     ))
                     .await;
-                    return (c.reply_code, c.class_id, c.method_id);
+                    return (
+                        c.reply_code,
+                        c.reply_text.to_string(),
+                        c.class_id,
+                        c.method_id,
+                    );
                 }
                 Some(_) => {}
                 None => panic!("socket closed without connection.close"),
