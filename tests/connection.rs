@@ -567,3 +567,91 @@ async fn loopback_listeners_also_answer_on_ipv6_loopback() {
     assert!(peers.contains(&"::1"), "{conns}");
     still_serving(&b).await;
 }
+
+fn close_frame(channel: u16, code: u16) -> AMQPFrame {
+    if channel == 0 {
+        AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::Close(conn::Close {
+                reply_code: code,
+                reply_text: "bye".into(),
+                class_id: 0,
+                method_id: 0,
+            })),
+        )
+    } else {
+        AMQPFrame::Method(
+            channel,
+            AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
+                reply_code: code,
+                reply_text: "bye".into(),
+                class_id: 0,
+                method_id: 0,
+            })),
+        )
+    }
+}
+
+/// amqp091-go closes one connection from many goroutines: every connection.close gets
+/// its close-ok, and the socket stays open until the client closes it (RabbitMQ 3.10).
+#[tokio::test]
+async fn every_pipelined_connection_close_gets_a_close_ok() {
+    let b = start_broker().await;
+    let mut r = Raw::open(b.addr()).await;
+    let mut two = encode(&close_frame(0, 200));
+    two.extend(encode(&close_frame(0, 200)));
+    r.send_raw(&two).await;
+    for _ in 0..2 {
+        match r.recv().await {
+            Some(AMQPFrame::Method(0, AMQPClass::Connection(conn::AMQPMethod::CloseOk(_)))) => {}
+            other => panic!("expected connection.close-ok, got {other:?}"),
+        }
+    }
+    // One more, after both answers: the broker has not closed its side.
+    r.send(close_frame(0, 200)).await;
+    match r.recv().await {
+        Some(AMQPFrame::Method(0, AMQPClass::Connection(conn::AMQPMethod::CloseOk(_)))) => {}
+        other => panic!("expected a third connection.close-ok, got {other:?}"),
+    }
+    still_serving(&b).await;
+}
+
+/// The client closes a channel while the broker is closing it for an error: the
+/// client's close gets close-ok, the broker's close waits for the client's close-ok, and
+/// the channel number is then free again (RabbitMQ's reader; amqp091-go issue 43).
+#[tokio::test]
+async fn channel_closed_from_both_sides_at_once() {
+    let b = start_broker().await;
+    let mut r = Raw::open(b.addr()).await;
+    r.open_channel(1).await;
+    let passive = AMQPFrame::Method(
+        1,
+        AMQPClass::Queue(amq_protocol::protocol::queue::AMQPMethod::Declare(
+            amq_protocol::protocol::queue::Declare {
+                queue: "missing".into(),
+                passive: true,
+                ..Default::default()
+            },
+        )),
+    );
+    let mut both = encode(&passive);
+    both.extend(encode(&close_frame(1, 200)));
+    r.send_raw(&both).await;
+    match r.recv().await {
+        Some(AMQPFrame::Method(1, AMQPClass::Channel(chan::AMQPMethod::Close(c)))) => {
+            assert_eq!(c.reply_code, 404)
+        }
+        other => panic!("expected channel.close 404, got {other:?}"),
+    }
+    match r.recv().await {
+        Some(AMQPFrame::Method(1, AMQPClass::Channel(chan::AMQPMethod::CloseOk(_)))) => {}
+        other => panic!("expected channel.close-ok for the client's close, got {other:?}"),
+    }
+    r.send(AMQPFrame::Method(
+        1,
+        AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+    ))
+    .await;
+    r.open_channel(1).await;
+    still_serving(&b).await;
+}

@@ -254,7 +254,14 @@ pub async fn serve<S>(
         Ok(false) => Exit::Gone,
         Err(e) => Exit::Error(e),
     };
-    let linger = matches!(exit, Exit::Error(_) | Exit::ClosedByClient);
+    // A close the client started: keep the socket open until the client closes it, as
+    // RabbitMQ does. A close the broker started: the client's close-ok ends the connection,
+    // so our FIN goes at once (RabbitMQ terminates then too), and we read on only so that
+    // late bytes cannot turn the close into a reset.
+    let (linger_open, linger_after_fin) = (
+        matches!(exit, Exit::ClosedByClient),
+        matches!(exit, Exit::Error(_)),
+    );
     match exit {
         Exit::Error(e) => {
             tracing::warn!(peer = %peer, code = e.code as u16, "closing connection: {}", e.reply_text());
@@ -271,9 +278,12 @@ pub async fn serve<S>(
     }
     c.cleanup();
     broker.unregister_connection(id);
+    if linger_open {
+        c.linger().await;
+    }
     shared.out.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
-    if linger {
+    if linger_after_fin {
         c.linger().await;
     }
 }
@@ -619,6 +629,15 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             return Err(unknown_channel(id).at(class_id, method_id));
         };
         match method {
+            // Both sides closed at once: answer the client's close, and stay closing until
+            // its close-ok for ours arrives (RabbitMQ's reader does the same).
+            AMQPClass::Channel(chan::AMQPMethod::Close(_)) if ch.is_closing() => {
+                self.shared.send(
+                    id,
+                    AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+                );
+                Ok(())
+            }
             AMQPClass::Channel(chan::AMQPMethod::Close(_)) => {
                 let mut ch = self
                     .channels
@@ -711,14 +730,33 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         }
     }
 
-    /// After the close handshake and our FIN: read and discard until the client closes its
-    /// side too (bounded by [`LINGER`]). Closing a socket with unread bytes in it sends a
-    /// TCP reset, and a client whose publishes were still queued behind its
-    /// connection.close would lose our close-ok to it and see a broken pipe instead.
+    /// After the close handshake: read until the client closes its side (bounded by
+    /// [`LINGER`]), answering any further connection.close with close-ok while our side
+    /// is still open. Closing a socket with unread bytes in it sends a TCP
+    /// reset: a client whose publishes were still queued behind its connection.close would
+    /// lose our close-ok to it. And a client that sent several closes at once (amqp091-go
+    /// from many goroutines) waits for a close-ok to each, not for an EOF.
     async fn linger(&mut self) {
         let deadline = tokio::time::Instant::now() + LINGER;
         loop {
-            self.buf.clear();
+            loop {
+                match read_frame(&mut self.buf, self.limits) {
+                    Ok(Some(InFrame::Method {
+                        channel: 0, method, ..
+                    })) if matches!(*method, AMQPClass::Connection(conn::AMQPMethod::Close(_))) => {
+                        self.shared.send(
+                            0,
+                            AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
+                        );
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => {
+                        self.buf.clear();
+                        break;
+                    }
+                }
+            }
             match tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return,
