@@ -655,3 +655,68 @@ async fn channel_closed_from_both_sides_at_once() {
     r.open_channel(1).await;
     still_serving(&b).await;
 }
+
+/// connection.close-ok comes only after the connection is released, as RabbitMQ's reader
+/// sends it: once a client has its close-ok, every other client sees the unacked messages
+/// requeued and the exclusive queues gone.
+#[tokio::test]
+async fn close_ok_follows_the_release_of_unacked_messages_and_exclusive_queues() {
+    const N: u32 = 3000;
+    let b = start_broker().await;
+    let observer = connect(&b).await;
+    let och = channel(&observer).await;
+    declare(&och, "work").await;
+    for _ in 0..N {
+        publish(&och, "", "work", b"task").await;
+    }
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    within(
+        "exclusive declare",
+        ch.queue_declare("mine".into(), exclusive, FieldTable::default()),
+    )
+    .await
+    .expect("exclusive declare");
+    let _consumer = within(
+        "consume",
+        ch.basic_consume(
+            "work".into(),
+            "holder".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("consume");
+    // Every message delivered and unacked.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready_count(&och, "work").await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "deliveries did not drain the queue"
+        );
+        tokio::task::yield_now().await;
+    }
+    within("connection.close", conn.close(200, "bye".into()))
+        .await
+        .expect("close");
+    assert_eq!(
+        ready_count(&och, "work").await,
+        N,
+        "requeued before close-ok"
+    );
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let r = within(
+        "passive declare",
+        och.queue_declare("mine".into(), passive, FieldTable::default()),
+    )
+    .await;
+    assert_eq!(code(r), 404, "the exclusive queue is gone before close-ok");
+}

@@ -264,6 +264,29 @@ async fn amq_prefixed_names_cannot_be_declared_or_deleted() {
     assert_eq!(code(passive(&ch, "amq.foo").await), 404);
 }
 
+/// RabbitMQ refuses every exchange.declare of the default exchange, passive or not and even
+/// an equivalent one (aiormq's test_channel_closed_reuse depends on it).
+#[tokio::test]
+async fn declaring_the_default_exchange_is_403() {
+    let b = start_broker().await;
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    assert_eq!(code(passive(&ch, "").await), 403);
+    let ch = channel(&conn).await;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        code(xdeclare(&ch, "", ExchangeKind::Direct, durable).await),
+        403
+    );
+    let ch = channel(&conn).await;
+    passive(&ch, "amq.direct")
+        .await
+        .expect("only the channel closed");
+}
+
 #[tokio::test]
 async fn delete_of_a_missing_exchange_is_ok() {
     let b = start_broker().await;

@@ -119,10 +119,17 @@ impl VHost {
     }
 
     pub fn declare_exchange(&self, spec: ExchangeSpec, passive: bool) -> AmqpResult<Arc<Exchange>> {
+        // Neither a passive nor an active declare may name the default exchange (403, as
+        // RabbitMQ's check_not_default_exchange), even an equivalent one.
+        if spec.name.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
         if passive {
             return self.exchange(&spec.name);
         }
-        if spec.name.is_empty() || spec.name.starts_with("amq.") {
+        if spec.name.starts_with("amq.") {
             // Redeclaring a predeclared exchange equivalently is allowed, as in RabbitMQ.
             if let Some(existing) = self.exchanges.get(&spec.name) {
                 if existing.spec.kind == spec.kind && existing.spec.durable == spec.durable {

@@ -165,6 +165,10 @@ pub(crate) struct Connection<R> {
     buf: BytesMut,
     /// The last read filled the buffer's free space: more was probably waiting.
     filled_last_read: bool,
+    /// The client sent connection.close: its close-ok goes out once the connection's
+    /// channels and exclusive queues are released, as RabbitMQ's does, so that a client
+    /// which saw close-ok finds its unacked messages requeued and its exclusive queues gone.
+    close_ok_owed: bool,
     limits: ReadLimits,
     channel_max: u16,
     heartbeat: Duration,
@@ -238,6 +242,7 @@ pub async fn serve<S>(
         reader,
         buf: BytesMut::with_capacity(FIRST_READ_BUFFER),
         filled_last_read: false,
+        close_ok_owed: false,
         channel_max: broker.config.channel_max,
         heartbeat: Duration::ZERO,
         vhost: None,
@@ -278,6 +283,12 @@ pub async fn serve<S>(
     }
     c.cleanup();
     broker.unregister_connection(id);
+    if c.close_ok_owed {
+        shared.send(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
+        );
+    }
     if linger_open {
         c.linger().await;
     }
@@ -561,10 +572,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
     fn connection_method(&mut self, method: AMQPClass) -> Result<bool, AmqpError> {
         match method {
             AMQPClass::Connection(conn::AMQPMethod::Close(_)) => {
-                self.shared.send(
-                    0,
-                    AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
-                );
+                self.close_ok_owed = true;
                 Ok(false)
             }
             AMQPClass::Connection(conn::AMQPMethod::CloseOk(_)) => Ok(false),
