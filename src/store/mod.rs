@@ -2,8 +2,16 @@
 //! bindings) written when declared and recovered at start. The data dir carries a format
 //! version so a newer layout is refused.
 
+pub mod check;
+pub mod damage;
 mod delayed;
+pub mod fs;
 pub mod messages;
+mod offsets;
+#[cfg(test)]
+mod powercut;
+mod record;
+mod recovery;
 pub mod segments;
 
 use crate::broker::exchange::{ExchangeSpec, ExchangeType};
@@ -95,8 +103,13 @@ pub struct Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        // A clean stop keeps what was accepted but not yet written.
-        if let Err(e) = self.sync_round() {
+        // A clean stop keeps what was accepted but not yet written, then marks all of it
+        // synced, so the next start treats any damage found in it as damage.
+        let stopped = self.sync_round().and_then(|_| {
+            self.log.seal();
+            self.sync_round()
+        });
+        if let Err(e) = stopped {
             tracing::error!(error = %e, "could not write pending messages at shutdown");
         }
         self.flush();

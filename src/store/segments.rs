@@ -8,30 +8,25 @@
 //! the backlog. An append is one memcpy; a queued message costs nothing in RAM beyond its
 //! place in its queue (`Loc`, 8 bytes), and start-up is one sequential read.
 //!
-//! Layout under `<data dir>/messages/`: `<id>.seg` holds records
-//! `[len u32 LE][crc32 u32 LE][payload: queue id u64 BE, seq u64 BE, message record]`;
-//! `<id>.ack` holds the u32 LE offsets of the records that left, `<id>.dlv` one entry per
-//! unacked delivery (so only delivered messages come back flagged redelivered, with their
-//! delivery count for x-delivery-limit). A torn record at the end
-//! of a segment (a crash mid-write) ends that segment's scan; it was never confirmed.
+//! Layout under `<data dir>/messages/`: `<id>.seg` holds records (record.rs has the
+//! format), `<id>.ack` the offsets of the records that left and `<id>.dlv` one entry per
+//! unacked delivery (offsets.rs), so only delivered messages come back flagged redelivered,
+//! with their delivery count for x-delivery-limit. Each round that writes also appends a
+//! sync mark: how far each segment is known synced, which recovery (recovery.rs) uses to
+//! tell a torn tail from damage. All file access goes through `fs::FileSystem`.
 
+use super::damage::Health;
+use super::fs::{FileSystem, RealFs, StoreFile};
+use super::offsets;
+use super::record::{self, Layout};
 use super::StoreError;
-use std::collections::{BTreeMap, HashSet};
-use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Segment size after which the log starts a new segment.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
-/// Record header: payload length and CRC-32 of the payload.
-const HEADER: usize = 8;
-/// Queue id and seq at the start of every payload.
-const IDS: usize = 16;
-/// No record may claim more than this (max message size plus properties, with margin).
-const MAX_RECORD: u32 = 1 << 30;
 
 /// Where a stored message is: segment id and byte offset of its record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,43 +35,54 @@ pub struct Loc {
     pub off: u32,
 }
 
-struct Segment {
-    file: Arc<File>,
+pub(super) struct Segment {
+    pub(super) file: Arc<dyn StoreFile>,
     /// Records not yet acked (counted in memory; rebuilt at start-up).
-    live: u64,
+    pub(super) live: u64,
+    /// How its records are framed (settled by recovery for the segments found at open).
+    pub(super) layout: Layout,
 }
 
 pub(super) struct LogState {
-    active: NonZeroU32,
+    pub(super) active: NonZeroU32,
     /// Appended records not yet written to the active segment's file.
     buf: Vec<u8>,
     /// File offset of `buf[0]` in the active segment.
     buf_start: u64,
-    segments: BTreeMap<NonZeroU32, Segment>,
-    /// Files written since their last fdatasync.
-    unsynced: Vec<Arc<File>>,
+    pub(super) segments: BTreeMap<NonZeroU32, Segment>,
+    /// Files written since their last fdatasync, with the length written.
+    unsynced: Vec<(NonZeroU32, Arc<dyn StoreFile>, u64)>,
+    /// A file was created since the directory was last synced.
+    dir_dirty: bool,
+    /// How far each segment is known synced, and what the last sync mark said.
+    synced: BTreeMap<NonZeroU32, u64>,
+    marked: BTreeMap<NonZeroU32, u64>,
     /// Acks not yet appended to ack files.
-    acks: Vec<Loc>,
+    pub(super) acks: Vec<Loc>,
     /// First deliveries not yet appended to delivery files.
     delivered: Vec<Loc>,
     /// Live counts of the segments found at open are known only after `recover`; until
     /// then none of them may be deleted.
-    recovered: bool,
+    pub(super) recovered: bool,
 }
 
 /// What one flusher round must do outside the lock.
 pub(super) struct Round {
-    sync: Vec<Arc<File>>,
+    sync: Vec<(NonZeroU32, Arc<dyn StoreFile>, u64)>,
+    sync_dir: bool,
     acks: Vec<Loc>,
     delivered: Vec<Loc>,
-    dead: Vec<NonZeroU32>,
+    dead: Vec<(NonZeroU32, Layout)>,
 }
 
 pub struct MessageLog {
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
+    pub(super) fs: Arc<dyn FileSystem>,
     /// Size after which a new segment starts (`SEGMENT_BYTES`; smaller in tests).
     segment_bytes: u64,
     pub(super) state: parking_lot::Mutex<LogState>,
+    /// What recovery found damaged (damage.rs).
+    pub health: Health,
     /// Fault injection (see `Store::inject_faults`): appends / rounds fail as on a full disk.
     pub(super) fail_appends: std::sync::atomic::AtomicBool,
     pub(super) fail_rounds: std::sync::atomic::AtomicBool,
@@ -86,62 +92,79 @@ fn injected() -> std::io::Error {
     std::io::Error::other("injected disk fault")
 }
 
-fn seg_path(dir: &Path, id: NonZeroU32) -> PathBuf {
-    dir.join(format!("{:08}.seg", id.get()))
+pub(super) fn seg_name(id: NonZeroU32) -> String {
+    format!("{:08}.seg", id.get())
 }
 
-fn ack_path(dir: &Path, id: NonZeroU32) -> PathBuf {
+pub(super) fn seg_path(dir: &Path, id: NonZeroU32) -> PathBuf {
+    dir.join(seg_name(id))
+}
+
+pub(super) fn ack_path(dir: &Path, id: NonZeroU32) -> PathBuf {
     dir.join(format!("{:08}.ack", id.get()))
 }
 
-fn dlv_path(dir: &Path, id: NonZeroU32) -> PathBuf {
+pub(super) fn dlv_path(dir: &Path, id: NonZeroU32) -> PathBuf {
     dir.join(format!("{:08}.dlv", id.get()))
 }
 
-fn io_err(path: &Path, e: std::io::Error) -> StoreError {
+pub(super) fn io_err(path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Open {
         path: path.display().to_string(),
         source: sled::Error::Io(e),
     }
 }
 
-fn open_segment(path: &Path, create: bool) -> std::io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .truncate(false)
-        .open(path)
+/// The segment ids present in `dir`.
+pub(super) fn segment_ids(fs: &dyn FileSystem, dir: &Path) -> std::io::Result<Vec<NonZeroU32>> {
+    let mut ids: Vec<NonZeroU32> = fs
+        .list(dir)?
+        .iter()
+        .filter_map(|n| {
+            n.strip_suffix(".seg")
+                .and_then(|n| n.parse::<u32>().ok())
+                .and_then(NonZeroU32::new)
+        })
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Create a new segment with its file header written (synced with the next round).
+fn new_segment(fs: &dyn FileSystem, dir: &Path, id: NonZeroU32) -> std::io::Result<Segment> {
+    let salt = rand::random::<u32>();
+    let file = fs.open(&seg_path(dir, id), true)?;
+    file.write_all_at(&record::file_header(salt), 0)?;
+    Ok(Segment {
+        file,
+        live: 0,
+        layout: Layout::Framed { salt },
+    })
 }
 
 impl MessageLog {
     /// Open the log directory: existing segments are listed (their records come back
     /// through `recover`) and a fresh active segment is started after them.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with(dir, SEGMENT_BYTES)
+        Self::open_in(Arc::new(RealFs), dir, SEGMENT_BYTES)
     }
 
-    pub fn open_with(dir: &Path, segment_bytes: u64) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    pub fn open_in(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        segment_bytes: u64,
+    ) -> Result<Self, StoreError> {
+        fs.create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let mut segments = BTreeMap::new();
-        for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
-            let entry = entry.map_err(|e| io_err(dir, e))?;
-            let name = entry.file_name();
-            let Some(id) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".seg"))
-                .and_then(|n| n.parse::<u32>().ok())
-                .and_then(NonZeroU32::new)
-            else {
-                continue;
-            };
+        for id in segment_ids(&*fs, dir).map_err(|e| io_err(dir, e))? {
             let path = seg_path(dir, id);
-            let file = open_segment(&path, false).map_err(|e| io_err(&path, e))?;
+            let file = fs.open(&path, false).map_err(|e| io_err(&path, e))?;
             segments.insert(
                 id,
                 Segment {
-                    file: Arc::new(file),
+                    file,
                     live: 0,
+                    layout: Layout::Legacy,
                 },
             );
         }
@@ -151,133 +174,53 @@ impl MessageLog {
             why: "segment ids exhausted".into(),
         })?;
         let path = seg_path(dir, active);
-        let file = open_segment(&path, true).map_err(|e| io_err(&path, e))?;
-        segments.insert(
-            active,
-            Segment {
-                file: Arc::new(file),
-                live: 0,
-            },
-        );
+        let seg = new_segment(&*fs, dir, active).map_err(|e| io_err(&path, e))?;
+        let unsynced = vec![(active, seg.file.clone(), record::FILE_HEADER as u64)];
+        segments.insert(active, seg);
+        let health = Health::load(&*fs, dir);
         Ok(MessageLog {
             dir: dir.to_path_buf(),
+            fs,
             segment_bytes,
             state: parking_lot::Mutex::new(LogState {
                 active,
                 buf: Vec::with_capacity(1 << 20),
-                buf_start: 0,
+                buf_start: record::FILE_HEADER as u64,
                 segments,
-                unsynced: Vec::new(),
+                unsynced,
+                dir_dirty: true,
+                synced: BTreeMap::new(),
+                marked: BTreeMap::new(),
                 acks: Vec::new(),
                 delivered: Vec::new(),
                 recovered: false,
             }),
+            health,
             fail_appends: Default::default(),
             fail_rounds: Default::default(),
         })
     }
 
-    /// Read every live record of the segments found at open, oldest first, and pass
-    /// (location, queue id, seq, times delivered, message record) to `f`; `f` returns false for a record
-    /// nobody claims (its queue is gone), which is then acked.
-    pub fn recover(
-        &self,
-        mut f: impl FnMut(Loc, u64, u64, u32, &[u8]) -> bool,
-    ) -> Result<u64, StoreError> {
-        let (ids, active): (Vec<NonZeroU32>, NonZeroU32) = {
-            let st = self.state.lock();
-            (st.segments.keys().copied().collect(), st.active)
-        };
-        let mut total = 0u64;
-        for id in ids.into_iter().filter(|id| *id != active) {
-            let acked = read_offsets(&ack_path(&self.dir, id))?;
-            let delivered = count_offsets(&dlv_path(&self.dir, id))?;
-            let path = seg_path(&self.dir, id);
-            let file = File::open(&path).map_err(|e| io_err(&path, e))?;
-            let size = file.metadata().map_err(|e| io_err(&path, e))?.len();
-            let mut r = BufReader::with_capacity(1 << 20, file);
-            let mut off: u64 = 0;
-            let mut live = 0u64;
-            let mut orphans = Vec::new();
-            let mut payload = Vec::new();
-            while off + HEADER as u64 <= size {
-                let mut h = [0u8; HEADER];
-                if r.read_exact(&mut h).is_err() {
-                    break;
-                }
-                let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-                let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-                if len < IDS as u32 || len > MAX_RECORD || off + (HEADER as u64) + len as u64 > size
-                {
-                    if len != 0 {
-                        tracing::warn!(segment = %path.display(), offset = off, "torn record at the end of a segment ignored (never confirmed)");
-                    }
-                    break;
-                }
-                payload.resize(len as usize, 0);
-                if r.read_exact(&mut payload).is_err() {
-                    break;
-                }
-                if crc32fast::hash(&payload) != crc {
-                    tracing::warn!(segment = %path.display(), offset = off, "record with a bad checksum: the rest of this segment is ignored");
-                    break;
-                }
-                let here = off as u32;
-                off += (HEADER as u64) + len as u64;
-                if acked.contains(&here) {
-                    continue;
-                }
-                let queue_id = u64::from_be_bytes(payload[..8].try_into().unwrap_or_default());
-                let seq = u64::from_be_bytes(payload[8..16].try_into().unwrap_or_default());
-                let loc = Loc { seg: id, off: here };
-                let times = delivered.get(&here).copied().unwrap_or(0);
-                if f(loc, queue_id, seq, times, &payload[IDS..]) {
-                    live += 1;
-                    total += 1;
-                    if total.is_multiple_of(100_000) {
-                        tracing::info!(recovered = total, "recovering persistent messages");
-                    }
-                } else {
-                    orphans.push(loc);
-                }
-            }
-            let mut st = self.state.lock();
-            if let Some(s) = st.segments.get_mut(&id) {
-                s.live = live;
-            }
-            st.acks.extend(orphans);
-        }
-        self.state.lock().recovered = true;
-        Ok(total)
-    }
-
     /// Read a stored record back (a paged-out message at delivery time).
     pub fn read(&self, loc: Loc) -> std::io::Result<Vec<u8>> {
-        let file = {
+        let (file, layout) = {
             let st = self.state.lock();
             if loc.seg == st.active && loc.off as u64 >= st.buf_start {
                 let at = (loc.off as u64 - st.buf_start) as usize;
-                return record_in(&st.buf, at);
+                return record::body_in(&st.buf, at)
+                    .map(<[u8]>::to_vec)
+                    .ok_or_else(|| std::io::Error::other("record outside the buffer"));
             }
             match st.segments.get(&loc.seg) {
-                Some(s) => s.file.clone(),
+                Some(s) => (s.file.clone(), s.layout),
                 None => return Err(std::io::Error::other("segment already deleted")),
             }
         };
-        let mut h = [0u8; HEADER];
-        file.read_exact_at(&mut h, loc.off as u64)?;
-        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-        let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-        if !(IDS as u32..=MAX_RECORD).contains(&len) {
-            return Err(std::io::Error::other("bad record length"));
+        match layout {
+            Layout::Framed { salt } => record::read_at(&*file, loc.off as u64, salt),
+            Layout::Legacy => record::read_legacy_at(&*file, loc.off as u64),
+            Layout::DamagedHeader { .. } => Err(std::io::Error::other("segment header damaged")),
         }
-        let mut payload = vec![0u8; len as usize];
-        file.read_exact_at(&mut payload, loc.off as u64 + HEADER as u64)?;
-        if crc32fast::hash(&payload) != crc {
-            return Err(std::io::Error::other("record checksum mismatch"));
-        }
-        payload.drain(..IDS);
-        Ok(payload)
     }
 
     /// Start a round: take the buffered appends (written
@@ -288,66 +231,102 @@ impl MessageLog {
             return Err(injected());
         }
         if !st.buf.is_empty() {
-            let active = st.active;
-            let file = st
-                .segments
-                .get(&active)
-                .map(|s| s.file.clone())
-                .ok_or_else(|| std::io::Error::other("active segment missing"))?;
-            file.write_all_at(&st.buf, st.buf_start)?;
-            st.buf_start += st.buf.len() as u64;
-            st.buf.clear();
-            st.unsynced.push(file);
+            st.append_mark();
+            st.write_buf()?;
         }
         let active = st.active;
         let recovered = st.recovered;
-        let dead: Vec<NonZeroU32> = st
+        let dead: Vec<(NonZeroU32, Layout)> = st
             .segments
             .iter()
             .filter(|(id, s)| recovered && **id != active && s.live == 0)
-            .map(|(id, _)| *id)
+            .map(|(id, s)| (*id, s.layout))
             .collect();
-        for id in &dead {
+        for (id, _) in &dead {
             st.segments.remove(id);
+            st.synced.remove(id);
+            st.marked.remove(id);
         }
         Ok(Round {
             sync: std::mem::take(&mut st.unsynced),
+            sync_dir: std::mem::take(&mut st.dir_dirty),
             acks: std::mem::take(&mut st.acks),
             delivered: std::mem::take(&mut st.delivered),
             dead,
         })
     }
 
+    /// A clean stop: one more mark, so that everything written counts as synced at the
+    /// next start (the caller runs the round that writes and syncs it).
+    pub(super) fn seal(&self) {
+        let mut st = self.state.lock();
+        st.append_mark();
+    }
+
     /// The slow part of a round, outside the lock: append acks, fdatasync what was
     /// written, delete dead segments.
     pub(super) fn finish_round_or_requeue(&self, round: Round) -> std::io::Result<()> {
-        self.finish_round(&round)
-            .inspect_err(|_| self.retry_round(round))
+        match self.finish_round(&round) {
+            Ok(()) => {
+                let mut st = self.state.lock();
+                for (id, _, len) in &round.sync {
+                    if st.segments.contains_key(id) {
+                        let e = st.synced.entry(*id).or_insert(0);
+                        *e = (*e).max(*len);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.retry_round(round);
+                Err(e)
+            }
+        }
     }
 
     fn finish_round(&self, round: &Round) -> std::io::Result<()> {
-        append_offsets(&self.dir, &round.acks, &round.dead, ack_path)?;
-        append_offsets(&self.dir, &round.delivered, &round.dead, dlv_path)?;
-        let mut seen: Vec<*const File> = Vec::new();
-        for f in &round.sync {
-            let p = Arc::as_ptr(f);
+        let dead: Vec<NonZeroU32> = round.dead.iter().map(|(id, _)| *id).collect();
+        let legacy = |id: NonZeroU32| {
+            let st = self.state.lock();
+            st.segments
+                .get(&id)
+                .is_some_and(|s| s.layout == Layout::Legacy)
+        };
+        append_offsets(&*self.fs, &self.dir, &round.acks, &dead, ack_path, legacy)?;
+        append_offsets(
+            &*self.fs,
+            &self.dir,
+            &round.delivered,
+            &dead,
+            dlv_path,
+            legacy,
+        )?;
+        if round.sync_dir {
+            self.fs.sync_dir(&self.dir)?;
+        }
+        let mut seen: Vec<*const ()> = Vec::new();
+        for (_, f, _) in &round.sync {
+            let p = Arc::as_ptr(f) as *const ();
             if !seen.contains(&p) {
                 seen.push(p);
                 f.sync_data()?;
             }
         }
-        for &id in &round.dead {
+        for &id in &dead {
             for path in [
                 seg_path(&self.dir, id),
                 ack_path(&self.dir, id),
                 dlv_path(&self.dir, id),
             ] {
-                if let Err(e) = std::fs::remove_file(&path) {
+                if let Err(e) = self.fs.remove(&path) {
                     if e.kind() != std::io::ErrorKind::NotFound {
                         tracing::warn!(path = %path.display(), error = %e, "could not delete a finished segment");
                     }
                 }
             }
+        }
+        if !dead.is_empty() {
+            self.fs.sync_dir(&self.dir)?;
         }
         Ok(())
     }
@@ -356,6 +335,7 @@ impl MessageLog {
     pub(super) fn retry_round(&self, round: Round) {
         let mut st = self.state.lock();
         st.unsynced.extend(round.sync);
+        st.dir_dirty |= round.sync_dir;
         let mut acks = round.acks;
         acks.append(&mut st.acks);
         st.acks = acks;
@@ -376,33 +356,31 @@ impl MessageLog {
         seq: u64,
         write: impl FnOnce(&mut Vec<u8>),
     ) -> std::io::Result<Loc> {
-        st.append(&self.dir, self.segment_bytes, queue_id, seq, write)
+        if st.buf_start + st.buf.len() as u64 >= self.segment_bytes {
+            st.rotate(&*self.fs, &self.dir)?;
+        }
+        st.append(queue_id, seq, write)
     }
 }
 
 impl LogState {
+    fn active_salt(&self) -> u32 {
+        match self.segments.get(&self.active).map(|s| s.layout) {
+            Some(Layout::Framed { salt }) => salt,
+            _ => 0,
+        }
+    }
+
     /// Append a record; `write` encodes the message record into the buffer.
     fn append(
         &mut self,
-        dir: &Path,
-        segment_bytes: u64,
         queue_id: u64,
         seq: u64,
         write: impl FnOnce(&mut Vec<u8>),
     ) -> std::io::Result<Loc> {
-        if self.buf_start + self.buf.len() as u64 >= segment_bytes {
-            self.rotate(dir)?;
-        }
-        let start = self.buf.len();
-        let off = self.buf_start + start as u64;
-        self.buf.extend_from_slice(&[0u8; HEADER]);
-        self.buf.extend_from_slice(&queue_id.to_be_bytes());
-        self.buf.extend_from_slice(&seq.to_be_bytes());
-        write(&mut self.buf);
-        let len = (self.buf.len() - start - HEADER) as u32;
-        let crc = crc32fast::hash(&self.buf[start + HEADER..]);
-        self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
-        self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        let off = self.buf_start + self.buf.len() as u64;
+        let salt = self.active_salt();
+        record::put_record(&mut self.buf, salt, queue_id, seq, write);
         if let Some(s) = self.segments.get_mut(&self.active) {
             s.live += 1;
         }
@@ -410,6 +388,47 @@ impl LogState {
             seg: self.active,
             off: off as u32,
         })
+    }
+
+    /// Append a sync mark for the segments whose synced length moved since the last one.
+    fn append_mark(&mut self) {
+        let changed: Vec<(u32, u64)> = self
+            .synced
+            .iter()
+            .filter(|(id, len)| self.marked.get(id) != Some(len))
+            .map(|(id, len)| (id.get(), *len))
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        let salt = self.active_salt();
+        record::put_record(
+            &mut self.buf,
+            salt,
+            record::CONTROL_QUEUE,
+            record::SYNC_MARK,
+            |b| record::encode_marks(&changed, b),
+        );
+        for (id, len) in changed {
+            if let Some(id) = NonZeroU32::new(id) {
+                self.marked.insert(id, len);
+            }
+        }
+    }
+
+    /// Write the buffer to the active segment's file (synced by the round).
+    fn write_buf(&mut self) -> std::io::Result<()> {
+        let active = self.active;
+        let file = self
+            .segments
+            .get(&active)
+            .map(|s| s.file.clone())
+            .ok_or_else(|| std::io::Error::other("active segment missing"))?;
+        file.write_all_at(&self.buf, self.buf_start)?;
+        self.buf_start += self.buf.len() as u64;
+        self.buf.clear();
+        self.unsynced.push((active, file, self.buf_start));
+        Ok(())
     }
 
     /// Records appended since the last round took the buffer?
@@ -432,95 +451,48 @@ impl LogState {
     }
 
     /// Write out the buffer and start a new active segment.
-    fn rotate(&mut self, dir: &Path) -> std::io::Result<()> {
-        let old = self
-            .segments
-            .get(&self.active)
-            .map(|s| s.file.clone())
-            .ok_or_else(|| std::io::Error::other("active segment missing"))?;
-        old.write_all_at(&self.buf, self.buf_start)?;
-        self.unsynced.push(old);
+    fn rotate(&mut self, fs: &dyn FileSystem, dir: &Path) -> std::io::Result<()> {
+        self.write_buf()?;
         let next = self
             .active
             .checked_add(1)
             .ok_or_else(|| std::io::Error::other("segment ids exhausted"))?;
-        let file = open_segment(&seg_path(dir, next), true)?;
-        self.segments.insert(
-            next,
-            Segment {
-                file: Arc::new(file),
-                live: 0,
-            },
-        );
+        let seg = new_segment(fs, dir, next)?;
+        self.unsynced
+            .push((next, seg.file.clone(), record::FILE_HEADER as u64));
+        self.segments.insert(next, seg);
+        self.dir_dirty = true;
         self.active = next;
-        self.buf.clear();
-        self.buf_start = 0;
+        self.buf_start = record::FILE_HEADER as u64;
         Ok(())
     }
 }
 
-/// The u32 offsets listed in an ack or delivery file (none if it does not exist).
-fn read_offsets(path: &Path) -> Result<HashSet<u32>, StoreError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
-        Err(e) => return Err(io_err(path, e)),
-    };
-    Ok(bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
-}
-
-/// How often each offset is listed in a delivery file.
-fn count_offsets(path: &Path) -> Result<std::collections::HashMap<u32, u32>, StoreError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
-        Err(e) => return Err(io_err(path, e)),
-    };
-    let mut counts = std::collections::HashMap::new();
-    for c in bytes.chunks_exact(4) {
-        *counts
-            .entry(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .or_insert(0u32) += 1;
-    }
-    Ok(counts)
-}
-
 /// Append offsets, grouped by segment, to each segment's file named by `path`.
 fn append_offsets(
+    fs: &dyn FileSystem,
     dir: &Path,
     locs: &[Loc],
     dead: &[NonZeroU32],
     path: fn(&Path, NonZeroU32) -> PathBuf,
+    legacy: impl Fn(NonZeroU32) -> bool,
 ) -> std::io::Result<()> {
-    let mut by_seg: BTreeMap<NonZeroU32, Vec<u8>> = BTreeMap::new();
+    let mut by_seg: BTreeMap<NonZeroU32, Vec<u32>> = BTreeMap::new();
     for loc in locs.iter().filter(|l| !dead.contains(&l.seg)) {
-        by_seg
-            .entry(loc.seg)
-            .or_default()
-            .extend_from_slice(&loc.off.to_le_bytes());
+        by_seg.entry(loc.seg).or_default().push(loc.off);
     }
-    for (id, bytes) in by_seg {
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path(dir, id))?;
-        f.write_all(&bytes)?;
+    for (id, offs) in by_seg {
+        if legacy(id) {
+            fs.append(&path(dir, id), &[], &offsets::encode_legacy(&offs))?;
+        } else {
+            fs.append(
+                &path(dir, id),
+                &offsets::FILE_MAGIC,
+                &offsets::encode_batch(&offs),
+            )?;
+        }
     }
     Ok(())
-}
-
-/// The message record of the record at `at` in an in-memory buffer.
-fn record_in(buf: &[u8], at: usize) -> std::io::Result<Vec<u8>> {
-    let h = buf
-        .get(at..at + HEADER)
-        .ok_or_else(|| std::io::Error::other("record outside the buffer"))?;
-    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
-    buf.get(at + HEADER + IDS..at + HEADER + len)
-        .map(<[u8]>::to_vec)
-        .ok_or_else(|| std::io::Error::other("record outside the buffer"))
 }
 
 #[cfg(test)]
@@ -556,7 +528,7 @@ mod tests {
     #[test]
     fn segments_rotate_are_read_across_and_go_when_fully_acked() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = MessageLog::open_with(dir.path(), 4096).expect("open");
+        let log = MessageLog::open_in(Arc::new(RealFs), dir.path(), 4096).expect("open");
         log.recover(|_, _, _, _, _| true)
             .expect("nothing to recover");
         let locs: Vec<Loc> = (0..100).map(|i| append(&log, 1, i)).collect();
@@ -585,7 +557,7 @@ mod tests {
         );
         drop(log);
 
-        let log = MessageLog::open_with(dir.path(), 4096).expect("reopen");
+        let log = MessageLog::open_in(Arc::new(RealFs), dir.path(), 4096).expect("reopen");
         let mut back = Vec::new();
         log.recover(|_, q, seq, delivered, _| {
             back.push((q, seq, delivered > 0));
