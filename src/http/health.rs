@@ -26,6 +26,10 @@ pub fn routes() -> Router<Arc<Ctx>> {
             "/api/health/checks/port-listener/{port}",
             get(port_listener),
         )
+        .route(
+            "/api/health/checks/storage",
+            get(storage).delete(clear_storage),
+        )
         .route("/api/healthchecks/node", get(ok))
         .route("/api/healthchecks/node/{node}", get(node))
         .route("/api/aliveness-test/{vhost}", get(aliveness_test))
@@ -44,6 +48,48 @@ async fn node(
         return Err(ApiError::not_found());
     }
     Ok(Json(json!({"status": "ok"})))
+}
+
+/// 200 while no damage to stored data is known; 503 with each damaged stretch (file,
+/// offset, length, records lost, quarantine copy) until an operator clears it.
+async fn storage(axum::extract::State(ctx): State, _: Authed) -> Response {
+    let Some(store) = &ctx.broker.store else {
+        return Json(json!({"status": "ok"})).into_response();
+    };
+    let h = store.storage_health();
+    if h.open.is_empty() {
+        return Json(json!({
+            "status": "ok",
+            "damaged_records": h.damaged_records,
+            "torn_bytes": h.torn_bytes,
+        }))
+        .into_response();
+    }
+    let lost: u64 = h.open.iter().map(|d| d.records).sum();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "status": "failed",
+            "reason": format!(
+                "damaged stored data found at start: {} stretch(es), {lost} record(s) known lost; \
+                 the bytes are kept under messages/quarantine/; DELETE this path to clear",
+                h.open.len()
+            ),
+            "damage": h.open,
+        })),
+    )
+        .into_response()
+}
+
+/// The operator has seen the damage: the check passes again, also after restarts.
+async fn clear_storage(axum::extract::State(ctx): State, user: Authed) -> ApiResult<StatusCode> {
+    user.require_admin()?;
+    if let Some(store) = &ctx.broker.store {
+        store
+            .clear_storage_damage()
+            .map_err(|e| ApiError::internal(format!("could not record the clearing: {e}")))?;
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The queue the aliveness test declares and leaves behind, as RabbitMQ's.

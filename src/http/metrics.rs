@@ -144,7 +144,12 @@ pub fn render(ctx: &Ctx) -> String {
         .sum();
     let consumers: u64 = rows.iter().map(|r| r.consumers as u64).sum();
     let alarms = broker.alarms.state();
-    let globals: [(&str, &str, &str, u64); 16] = [
+    let storage = broker
+        .store
+        .as_ref()
+        .map(|s| s.storage_health())
+        .unwrap_or_default();
+    let globals: [(&str, &str, &str, u64); 21] = [
         (
             "connections",
             "gauge",
@@ -224,6 +229,36 @@ pub fn render(ctx: &Ctx) -> String {
             "gauge",
             "1 while the disk alarm is in effect.",
             alarms.disk as u64,
+        ),
+        (
+            "storage_damaged_records_total",
+            "counter",
+            "Message records lost to damage found in synced data at start.",
+            storage.damaged_records,
+        ),
+        (
+            "storage_damaged_bytes_total",
+            "counter",
+            "Bytes of damaged data (messages, definitions) found at start.",
+            storage.damaged_bytes,
+        ),
+        (
+            "storage_torn_bytes_total",
+            "counter",
+            "Bytes of torn segment tails (written after the last sync, never confirmed) ignored at start.",
+            storage.torn_bytes,
+        ),
+        (
+            "storage_offset_damage_bytes_total",
+            "counter",
+            "Bytes of ack/delivery files skipped at start (their messages came back).",
+            storage.offset_bytes,
+        ),
+        (
+            "storage_damage_uncleared",
+            "gauge",
+            "Damaged stretches found that an operator has not cleared (the storage health check fails while above 0).",
+            storage.open.len() as u64,
         ),
         (
             "process_uptime_seconds",

@@ -62,6 +62,9 @@ pub struct QueueRow {
     message_stats: MessageStats,
     policy: Option<String>,
     operator_policy: Option<String>,
+    /// Records of this queue lost to storage damage found at start (see the storage
+    /// health check); not a RabbitMQ field.
+    storage_lost_records: u64,
 }
 
 impl Row for QueueRow {
@@ -124,6 +127,10 @@ pub fn queue_row(ctx: &Ctx, v: &VHost, q: &Queue) -> QueueRow {
         message_stats: message_stats(&q.stats.counts(), &rates),
         policy,
         operator_policy,
+        storage_lost_records: match (&ctx.broker.store, q.spec.store_id) {
+            (Some(store), Some(id)) => store.lost_records(id),
+            _ => 0,
+        },
     }
 }
 

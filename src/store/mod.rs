@@ -40,6 +40,41 @@ pub enum StoreError {
     Corrupt { key: String, why: String },
 }
 
+/// Decode one definition record of `kind` into `out`; why not, if it does not decode.
+pub(crate) fn decode_definition(kind: &str, v: &[u8], out: &mut Recovered) -> Result<(), String> {
+    let e = |e: serde_json::Error| e.to_string();
+    match kind {
+        "x" => {
+            let r: ExchangeRecord = serde_json::from_slice(v).map_err(e)?;
+            let kind = ExchangeType::declared(&r.kind, &r.arguments).map_err(|e| e.to_string())?;
+            out.exchanges.push(ExchangeSpec {
+                name: r.name,
+                kind,
+                durable: true,
+                auto_delete: r.auto_delete,
+                internal: r.internal,
+                arguments: r.arguments,
+            });
+        }
+        "q" => {
+            let r: QueueRecord = serde_json::from_slice(v).map_err(e)?;
+            out.queues.push(QueueSpec {
+                name: r.name,
+                durable: true,
+                exclusive_owner: None,
+                store_id: (r.id != 0).then_some(r.id),
+                auto_delete: r.auto_delete,
+                arguments: r.arguments,
+            });
+        }
+        "b" => out.bindings.push(serde_json::from_slice(v).map_err(e)?),
+        _ => out
+            .exchange_bindings
+            .push(serde_json::from_slice(v).map_err(e)?),
+    }
+    Ok(())
+}
+
 #[derive(Serialize, Deserialize)]
 struct ExchangeRecord {
     name: String,
@@ -315,51 +350,40 @@ impl Store {
             prefix.push(0);
             for item in self.defs.scan_prefix(&prefix) {
                 let (k, v) = item?;
-                let corrupt = |why: String| StoreError::Corrupt {
-                    key: String::from_utf8_lossy(&k).replace('\u{0}', "/"),
-                    why,
-                };
-                match kind {
-                    "x" => {
-                        let r: ExchangeRecord =
-                            serde_json::from_slice(&v).map_err(|e| corrupt(e.to_string()))?;
-                        let kind = ExchangeType::declared(&r.kind, &r.arguments)
-                            .map_err(|e| corrupt(e.to_string()))?;
-                        out.exchanges.push(ExchangeSpec {
-                            name: r.name,
-                            kind,
-                            durable: true,
-                            auto_delete: r.auto_delete,
-                            internal: r.internal,
-                            arguments: r.arguments,
-                        });
-                    }
-                    "q" => {
-                        let r: QueueRecord =
-                            serde_json::from_slice(&v).map_err(|e| corrupt(e.to_string()))?;
-                        out.queues.push(QueueSpec {
-                            name: r.name,
-                            durable: true,
-                            exclusive_owner: None,
-                            store_id: (r.id != 0).then_some(r.id),
-                            auto_delete: r.auto_delete,
-                            arguments: r.arguments,
-                        });
-                    }
-                    "b" => {
-                        let r: BindingRecord =
-                            serde_json::from_slice(&v).map_err(|e| corrupt(e.to_string()))?;
-                        out.bindings.push(r);
-                    }
-                    _ => {
-                        let r: ExchangeBindingRecord =
-                            serde_json::from_slice(&v).map_err(|e| corrupt(e.to_string()))?;
-                        out.exchange_bindings.push(r);
-                    }
+                if let Err(why) = decode_definition(kind, &v, &mut out) {
+                    // One damaged definition costs only itself: the rest recover, and the
+                    // damage is reported as for message data.
+                    self.log.health.damaged(damage::Damage {
+                        kind: damage::DamageKind::Definition,
+                        file: format!(
+                            "sled definitions/{}: {why}",
+                            String::from_utf8_lossy(&k).replace('\u{0}', "/")
+                        ),
+                        offset: 0,
+                        len: v.len() as u64,
+                        records: 0,
+                        queue_id: None,
+                        quarantine: None,
+                    });
                 }
             }
         }
         Ok(out)
+    }
+
+    /// What recovery found damaged, and the torn tails it ignored.
+    pub fn storage_health(&self) -> damage::HealthSummary {
+        self.log.health.summary()
+    }
+
+    /// Records of a durable queue lost to damage found at start.
+    pub fn lost_records(&self, queue_id: u64) -> u64 {
+        self.log.health.lost_records(queue_id)
+    }
+
+    /// An operator acknowledged the damage found (the storage health check passes again).
+    pub fn clear_storage_damage(&self) -> std::io::Result<usize> {
+        self.log.health.clear(&*self.log.fs, &self.log.dir)
     }
 
     pub fn flush(&self) {

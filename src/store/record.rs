@@ -59,6 +59,13 @@ pub fn file_header(salt: u32) -> [u8; FILE_HEADER] {
     out
 }
 
+/// One copy of the file header checks.
+pub fn header_copy_ok(c: &[u8]) -> bool {
+    c.len() == 16
+        && c[..8] == FILE_MAGIC
+        && crc32fast::hash(&c[..12]) == u32::from_le_bytes([c[12], c[13], c[14], c[15]])
+}
+
 /// How a segment file is laid out, read from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {

@@ -9,12 +9,107 @@
 //! a few milliseconds of data, and only bit rot (not a crash) can damage synced bytes.
 
 use super::damage::{self, Damage, DamageKind};
+use super::fs::StoreFile;
 use super::offsets;
 use super::record::{self, Found, Layout};
 use super::segments::{ack_path, dlv_path, io_err, seg_name, seg_path, Loc, MessageLog};
 use super::StoreError;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroU32;
+
+/// A damaged stretch as a scan reports it: offset, length, (queue id, seq) when the
+/// record's header checked.
+pub(super) type RawStretch = (u64, u64, Option<(u64, u64)>);
+
+/// What one scan of a segment found besides its records.
+pub(super) struct Scanned {
+    pub layout: Layout,
+    pub stretches: Vec<RawStretch>,
+    /// Sync marks: (segment, synced length).
+    pub marks: Vec<(u32, u64)>,
+}
+
+/// Scan a segment file: message records go to `record` (offset, queue id, seq, body), sync
+/// marks and damaged stretches are returned. Shared by recovery and `warrenmq check`.
+pub(super) fn scan_segment(
+    file: &dyn StoreFile,
+    size: u64,
+    mut record: impl FnMut(u64, u64, u64, &[u8]),
+) -> std::io::Result<Scanned> {
+    let mut head = vec![0u8; (size as usize).min(record::FILE_HEADER)];
+    file.read_exact_at(&mut head, 0)?;
+    let mut out = Scanned {
+        layout: record::layout(&head),
+        stretches: Vec::new(),
+        marks: Vec::new(),
+    };
+    match out.layout {
+        Layout::DamagedHeader { salts } => {
+            out.stretches.push((0, head.len() as u64, None));
+            out.layout = salt_that_reads(file, size, salts);
+        }
+        // One copy of the header is enough to read the file, but a damaged copy is still
+        // damage to report.
+        Layout::Framed { .. } if head.len() == record::FILE_HEADER && head[..16] != head[16..] => {
+            let bad = if record::header_copy_ok(&head[..16]) {
+                16
+            } else {
+                0
+            };
+            out.stretches.push((bad, 16, None));
+        }
+        _ => {}
+    }
+    let mut found = |item: Found<'_>| match item {
+        Found::Record {
+            off,
+            queue_id,
+            seq,
+            body,
+        } => {
+            if queue_id != record::CONTROL_QUEUE {
+                record(off, queue_id, seq, body);
+            } else if seq == record::SYNC_MARK {
+                out.marks.extend(record::decode_marks(body));
+            }
+        }
+        Found::Damaged { off, len, record } => out.stretches.push((off, len, record)),
+    };
+    match out.layout {
+        Layout::Framed { salt } => record::scan(file, size, salt, &mut found)?,
+        Layout::Legacy => record::scan_legacy(file, size, &mut found)?,
+        Layout::DamagedHeader { .. } => found(Found::Damaged {
+            off: head.len() as u64,
+            len: size - head.len() as u64,
+            record: None,
+        }),
+    }
+    Ok(out)
+}
+
+/// A segment whose file header is damaged: the salt (of the two copies) under which more
+/// records check.
+fn salt_that_reads(file: &dyn StoreFile, size: u64, salts: [u32; 2]) -> Layout {
+    let mut best = (0usize, Layout::DamagedHeader { salts });
+    for salt in salts {
+        let mut n = 0usize;
+        let _ = record::scan(file, size, salt, |item| {
+            if matches!(item, Found::Record { .. }) {
+                n += 1;
+            }
+        });
+        if n > best.0 {
+            best = (n, Layout::Framed { salt });
+        }
+    }
+    best.1
+}
+
+/// A damaged stretch at `off` of segment `seg` lies wholly after what the sync marks say
+/// was synced: a torn tail.
+pub(super) fn is_torn(off: u64, seg: u32, marks: &BTreeMap<u32, u64>) -> bool {
+    off >= marks.get(&seg).copied().unwrap_or(0)
+}
 
 /// A damaged stretch found by the scan, judged once the marks are known.
 struct Stretch {
@@ -55,78 +150,44 @@ impl MessageLog {
                 .map(|s| s.file.clone())
                 .ok_or_else(|| io_err(&path, std::io::Error::other("segment vanished")))?;
             let size = file.size().map_err(|e| io_err(&path, e))?;
-            let mut head = vec![0u8; (size as usize).min(record::FILE_HEADER)];
-            file.read_exact_at(&mut head, 0)
-                .map_err(|e| io_err(&path, e))?;
-            let layout = match record::layout(&head) {
-                Layout::DamagedHeader { salts } => {
-                    stretches.push(Stretch {
-                        seg: id,
-                        off: 0,
-                        len: head.len() as u64,
-                        record: None,
-                    });
-                    self.salt_that_reads(&*file, size, salts)
-                }
-                l => l,
-            };
-            if let Some(s) = self.state.lock().segments.get_mut(&id) {
-                s.layout = layout;
-            }
             let mut live = 0u64;
             let mut orphans = Vec::new();
-            let mut found = |item: Found<'_>| match item {
-                Found::Record {
-                    off,
-                    queue_id,
-                    seq,
-                    body,
-                } => {
-                    if queue_id == record::CONTROL_QUEUE {
-                        if seq == record::SYNC_MARK {
-                            for (seg, len) in record::decode_marks(body) {
-                                let e = marks.entry(seg).or_insert(0);
-                                *e = (*e).max(len);
-                            }
-                        }
-                        return;
-                    }
-                    let here = off as u32;
-                    if acked.contains(&here) {
-                        return;
-                    }
-                    let loc = Loc { seg: id, off: here };
-                    let times = delivered.get(&here).copied().unwrap_or(0);
-                    if f(loc, queue_id, seq, times, body) {
-                        live += 1;
-                        total += 1;
-                        if total.is_multiple_of(100_000) {
-                            tracing::info!(recovered = total, "recovering persistent messages");
-                        }
-                    } else {
-                        orphans.push(loc);
-                    }
+            let scanned = scan_segment(&*file, size, |off, queue_id, seq, body| {
+                let here = off as u32;
+                if acked.contains(&here) {
+                    return;
                 }
-                Found::Damaged { off, len, record } => stretches.push(Stretch {
-                    seg: id,
-                    off,
-                    len,
-                    record,
-                }),
-            };
-            let scanned = match layout {
-                Layout::Framed { salt } => record::scan(&*file, size, salt, &mut found),
-                Layout::Legacy => record::scan_legacy(&*file, size, &mut found),
-                Layout::DamagedHeader { .. } => {
-                    found(Found::Damaged {
-                        off: head.len() as u64,
-                        len: size - head.len() as u64,
-                        record: None,
-                    });
-                    Ok(())
+                let loc = Loc { seg: id, off: here };
+                let times = delivered.get(&here).copied().unwrap_or(0);
+                if f(loc, queue_id, seq, times, body) {
+                    live += 1;
+                    total += 1;
+                    if total.is_multiple_of(100_000) {
+                        tracing::info!(recovered = total, "recovering persistent messages");
+                    }
+                } else {
+                    orphans.push(loc);
                 }
-            };
-            scanned.map_err(|e| io_err(&path, e))?;
+            })
+            .map_err(|e| io_err(&path, e))?;
+            for (seg, len) in scanned.marks {
+                let e = marks.entry(seg).or_insert(0);
+                *e = (*e).max(len);
+            }
+            stretches.extend(
+                scanned
+                    .stretches
+                    .into_iter()
+                    .map(|(off, len, record)| Stretch {
+                        seg: id,
+                        off,
+                        len,
+                        record,
+                    }),
+            );
+            if let Some(s) = self.state.lock().segments.get_mut(&id) {
+                s.layout = scanned.layout;
+            }
             let mut st = self.state.lock();
             if let Some(s) = st.segments.get_mut(&id) {
                 s.live = live;
@@ -142,29 +203,6 @@ impl MessageLog {
         Ok(total)
     }
 
-    /// A segment whose file header is damaged: the salt (of the two copies) under which
-    /// more records check.
-    fn salt_that_reads(
-        &self,
-        file: &dyn super::fs::StoreFile,
-        size: u64,
-        salts: [u32; 2],
-    ) -> Layout {
-        let mut best = (0usize, Layout::DamagedHeader { salts });
-        for salt in salts {
-            let mut n = 0usize;
-            let _ = record::scan(file, size, salt, |item| {
-                if matches!(item, Found::Record { .. }) {
-                    n += 1;
-                }
-            });
-            if n > best.0 {
-                best = (n, Layout::Framed { salt });
-            }
-        }
-        best.1
-    }
-
     /// Tell a torn tail from damage, and report it.
     fn judge(
         &self,
@@ -173,8 +211,7 @@ impl MessageLog {
         acked: &HashMap<NonZeroU32, HashSet<u32>>,
     ) {
         let name = seg_name(s.seg);
-        let synced = marks.get(&s.seg.get()).copied().unwrap_or(0);
-        if s.off >= synced {
+        if is_torn(s.off, s.seg.get(), marks) {
             self.health.torn(&name, s.off, s.len);
             return;
         }
