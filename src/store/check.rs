@@ -217,6 +217,22 @@ fn check_sled(dir: &Path, r: &mut Report) {
                 dir.display(),
                 r.definitions
             ));
+            let snap_path = super::snapshot::path(dir.parent().unwrap_or(dir));
+            match std::fs::read(&snap_path) {
+                Err(_) => r.lines.push(format!("{}: none", snap_path.display())),
+                Ok(bytes) => match super::snapshot::decode(&bytes) {
+                    Err(why) => damaged(r, format!("{}: {why}", snap_path.display())),
+                    Ok(snap) => match super::snapshot::compare(&db, &snap) {
+                        Ok(None) => r.lines.push(format!(
+                            "{}: generation {}, sled agrees",
+                            snap_path.display(),
+                            snap.generation
+                        )),
+                        Ok(Some(why)) => damaged(r, format!("{why} (a start restores it)")),
+                        Err(e) => damaged(r, format!("cannot be compared: {e}")),
+                    },
+                },
+            }
         }
     }
     let _ = std::fs::remove_dir_all(&copy);

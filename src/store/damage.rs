@@ -72,6 +72,9 @@ pub struct Health {
     damaged_bytes: std::sync::atomic::AtomicU64,
     torn_bytes: std::sync::atomic::AtomicU64,
     offset_bytes: std::sync::atomic::AtomicU64,
+    /// Definitions were found damaged at this start (stored messages of queues no
+    /// definition names are then kept, not dropped).
+    definitions_damaged: std::sync::atomic::AtomicBool,
 }
 
 /// Totals for metrics and the health check.
@@ -148,9 +151,13 @@ impl Health {
                 return;
             }
             DamageKind::Definition => tracing::error!(
-                key = %d.file, cleared_before = known,
-                "damaged definition skipped: it is not recovered"
+                what = %d.file, cleared_before = known,
+                "damaged definitions found"
             ),
+        }
+        if d.kind == DamageKind::Definition {
+            self.definitions_damaged
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         self.damaged_records.fetch_add(d.records, Relaxed);
         self.damaged_bytes.fetch_add(d.len, Relaxed);
@@ -171,6 +178,11 @@ impl Health {
             offset_bytes: self.offset_bytes.load(Relaxed),
             open: self.inner.lock().open.clone(),
         }
+    }
+
+    pub fn definitions_damaged(&self) -> bool {
+        self.definitions_damaged
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Records of `queue_id` lost to damage since start.

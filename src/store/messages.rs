@@ -99,11 +99,15 @@ pub fn decode(seq: u64, raw: &[u8]) -> Option<QueuedMessage> {
 impl Store {
     /// A fresh id for a durable queue's message records.
     pub fn new_queue_id(&self) -> u64 {
-        match self.db.generate_id() {
-            Ok(id) => id + 1,
-            Err(e) => {
-                tracing::error!(error = %e, "could not allocate a queue id");
-                rand::random::<u64>() | 1
+        let floor = self.queue_id_floor.load(Ordering::Acquire);
+        loop {
+            match self.db.generate_id() {
+                Ok(id) if id + 1 > floor => return id + 1,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not allocate a queue id");
+                    return rand::random::<u64>() | 1;
+                }
             }
         }
     }
@@ -175,6 +179,16 @@ impl Store {
         &self,
         mut f: impl FnMut(u64, QueuedMessage) -> bool,
     ) -> Result<u64, StoreError> {
+        // With damaged definitions a record of no known queue may belong to a queue whose
+        // definition was lost: keep it on disk (counted live, never served) for repair.
+        let keep_unclaimed = self.log.health.definitions_damaged();
+        let kept = std::cell::Cell::new(0u64);
+        let mut f = |queue_id: u64, qm: QueuedMessage| {
+            f(queue_id, qm) || {
+                kept.set(kept.get() + u64::from(keep_unclaimed));
+                keep_unclaimed
+            }
+        };
         let mut n =
             self.log.recover(
                 |loc, queue_id, seq, delivered, raw| match decode(seq, raw) {
@@ -191,6 +205,14 @@ impl Store {
                     }
                 },
             )?;
+        let kept = kept.get();
+        if kept > 0 {
+            tracing::error!(
+                messages = kept,
+                "stored messages of queues that no recovered definition names are kept on disk, unserved, because definitions were damaged"
+            );
+            n -= kept;
+        }
         let mut legacy = 0u64;
         for item in self.msgs.iter() {
             let (k, v) = item?;
@@ -300,6 +322,25 @@ impl Store {
     /// The group-commit loop: each round covers every write made before it started. The
     /// task holds the store only while working, so dropping the broker closes it.
     pub fn start_flusher(self: &Arc<Self>) {
+        // The definitions snapshot (snapshot.rs): at start, then at most once a second.
+        let snap_weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(store) = snap_weak.upgrade() else {
+                    return;
+                };
+                let res =
+                    tokio::task::spawn_blocking(move || store.write_definitions_snapshot()).await;
+                match res {
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "could not write the definitions snapshot")
+                    }
+                    Err(e) => tracing::error!(error = %e, "definitions snapshot task failed"),
+                    Ok(Ok(())) => {}
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
         let weak = Arc::downgrade(self);
         let wake = self.flush_wake.clone();
         tokio::spawn(async move {

@@ -20,7 +20,9 @@ impl Store {
                 key: kind.to_string(),
                 why: e.to_string(),
             })?;
+            let _g = self.defs_lock.lock();
             t.insert(key(&k), bytes)?;
+            self.bump_generation();
             Ok(())
         });
         if let Err(e) = res {
@@ -31,7 +33,10 @@ impl Store {
     pub fn del_meta(&self, kind: &str, parts: &[&str]) {
         let mut k = vec![kind];
         k.extend_from_slice(parts);
-        if let Err(e) = self.meta().and_then(|t| Ok(t.remove(key(&k))?)) {
+        let _g = self.defs_lock.lock();
+        let removed = self.meta().and_then(|t| Ok(t.remove(key(&k))?));
+        self.bump_generation();
+        if let Err(e) = removed {
             tracing::error!(error = %e, kind, "could not remove a record");
         }
     }
@@ -63,12 +68,14 @@ impl Store {
         k.extend_from_slice(prefix);
         let mut p = key(&k);
         p.push(0);
+        let _g = self.defs_lock.lock();
         let res = self.meta().and_then(|t| {
             for item in t.scan_prefix(&p).keys() {
                 t.remove(item?)?;
             }
             Ok(())
         });
+        self.bump_generation();
         if let Err(e) = res {
             tracing::error!(error = %e, kind, "could not remove records");
         }
@@ -77,6 +84,8 @@ impl Store {
     /// Forget every definition (exchanges, queues, bindings) of a deleted vhost.
     pub fn remove_vhost_definitions(&self, vhost: &str) {
         self.remove_all_delayed(vhost, None);
+        let _g = self.defs_lock.lock();
+        self.bump_generation();
         for kind in ["x", "q", "b", "e"] {
             let mut p = key(&[kind, vhost]);
             p.push(0);

@@ -13,6 +13,7 @@ mod powercut;
 mod record;
 mod recovery;
 pub mod segments;
+mod snapshot;
 
 use crate::broker::exchange::{ExchangeSpec, ExchangeType};
 use crate::broker::queue::QueueSpec;
@@ -134,6 +135,15 @@ pub struct Store {
     /// Definitions changed since the last sled flush.
     defs_dirty: std::sync::atomic::AtomicBool,
     failed_rounds: std::sync::atomic::AtomicU64,
+    data_dir: std::path::PathBuf,
+    /// Generation of the definitions and metadata (snapshot.rs): bumped with every change,
+    /// under `defs_lock`, which the snapshot takes to read a consistent state.
+    defs_gen: std::sync::atomic::AtomicU64,
+    snap_gen: std::sync::atomic::AtomicU64,
+    defs_lock: parking_lot::Mutex<()>,
+    /// Highest queue id the recovered definitions use: new ids go above it (a sled
+    /// restored from the snapshot starts its id counter again).
+    queue_id_floor: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Store {
@@ -148,6 +158,9 @@ impl Drop for Store {
             tracing::error!(error = %e, "could not write pending messages at shutdown");
         }
         self.flush();
+        if let Err(e) = self.write_definitions_snapshot() {
+            tracing::error!(error = %e, "could not write the definitions snapshot at shutdown");
+        }
         // Let the flusher task notice the store is gone and end.
         self.flush_wake.notify_one();
     }
@@ -160,14 +173,8 @@ fn key(parts: &[&str]) -> Vec<u8> {
 
 impl Store {
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir.join("sled"))
-            .cache_capacity(cache_bytes)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: dir.display().to_string(),
-                source,
-            })?;
+        let log = segments::MessageLog::open(&dir.join("messages"))?;
+        let db = snapshot::open_checked(dir, cache_bytes, &log.health)?;
         match db.get("format_version")? {
             None => {
                 db.insert("format_version", FORMAT_VERSION.to_string().as_bytes())?;
@@ -184,6 +191,7 @@ impl Store {
                 })
             }
         }
+        let generation = snapshot::generation_of(&db);
         let defs = db.open_tree("definitions")?;
         let msgs = db.open_tree("messages")?;
         Ok(Store {
@@ -193,18 +201,58 @@ impl Store {
             write_epoch: std::sync::atomic::AtomicU64::new(0),
             flushed: tokio::sync::watch::channel(0).0,
             flush_wake: std::sync::Arc::new(tokio::sync::Notify::new()),
-            log: segments::MessageLog::open(&dir.join("messages"))?,
+            log,
             defs_dirty: std::sync::atomic::AtomicBool::new(false),
             failed_rounds: std::sync::atomic::AtomicU64::new(0),
+            data_dir: dir.to_path_buf(),
+            defs_gen: std::sync::atomic::AtomicU64::new(generation),
+            snap_gen: std::sync::atomic::AtomicU64::new(u64::MAX),
+            defs_lock: parking_lot::Mutex::new(()),
+            queue_id_floor: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// A definition or metadata record changed (the caller holds `defs_lock`): the
+    /// generation moves on, in sled with the change.
+    fn bump_generation(&self) {
+        let g = self
+            .defs_gen
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        if let Err(e) = self.db.insert(snapshot::GENERATION_KEY, &g.to_be_bytes()) {
+            tracing::error!(error = %e, "could not store the definitions generation");
+        }
+    }
+
+    /// Write `definitions.snapshot` if anything changed since the last one: read under
+    /// the lock, made durable in sled, then written (the snapshot never claims more than
+    /// sled has on disk).
+    pub fn write_definitions_snapshot(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.defs_gen.load(Ordering::Acquire) == self.snap_gen.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let snap = {
+            let _g = self.defs_lock.lock();
+            snapshot::take(&self.db)?
+        };
+        self.db.flush()?;
+        let p = snapshot::path(&self.data_dir);
+        fs::FileSystem::write_durably(&fs::RealFs, &p, &snapshot::encode(&snap))
+            .map_err(|e| StoreError::Io(sled::Error::Io(e)))?;
+        self.snap_gen.store(snap.generation, Ordering::Release);
+        Ok(())
     }
 
     fn put<T: Serialize>(&self, k: Vec<u8>, v: &T) {
         match serde_json::to_vec(v) {
             Ok(bytes) => {
+                let _g = self.defs_lock.lock();
                 if let Err(e) = self.defs.insert(k, bytes) {
                     tracing::error!(error = %e, "could not store a definition");
                 }
+                self.bump_generation();
+                drop(_g);
                 self.definition_written();
             }
             Err(e) => tracing::error!(error = %e, "could not encode a definition"),
@@ -212,9 +260,12 @@ impl Store {
     }
 
     fn del(&self, k: Vec<u8>) {
+        let _g = self.defs_lock.lock();
         if let Err(e) = self.defs.remove(k) {
             tracing::error!(error = %e, "could not remove a definition");
         }
+        self.bump_generation();
+        drop(_g);
         self.definition_written();
     }
 
@@ -350,13 +401,18 @@ impl Store {
             prefix.push(0);
             for item in self.defs.scan_prefix(&prefix) {
                 let (k, v) = item?;
-                if let Err(why) = decode_definition(kind, &v, &mut out) {
+                let decoded = decode_definition(kind, &v, &mut out);
+                if let Some(id) = out.queues.last().and_then(|q| q.store_id) {
+                    self.queue_id_floor
+                        .fetch_max(id, std::sync::atomic::Ordering::AcqRel);
+                }
+                if let Err(why) = decoded {
                     // One damaged definition costs only itself: the rest recover, and the
                     // damage is reported as for message data.
                     self.log.health.damaged(damage::Damage {
                         kind: damage::DamageKind::Definition,
                         file: format!(
-                            "sled definitions/{}: {why}",
+                            "sled definitions/{}: {why}; skipped, not recovered",
                             String::from_utf8_lossy(&k).replace('\u{0}', "/")
                         ),
                         offset: 0,
