@@ -85,6 +85,12 @@ async fn aliveness_test_node_healthchecks_and_cluster_name() {
         a.ok("/api/healthchecks/node").await,
         json!({"status": "ok"})
     );
+    // RabbitMQ's route is `/healthchecks/node/[:node]`: the empty node segment (amqpstorm's
+    // `healthchecks.get()` asks for `healthchecks/node/`) is the local node.
+    assert_eq!(
+        a.ok("/api/healthchecks/node/").await,
+        json!({"status": "ok"})
+    );
     let node = a.ok("/api/overview").await["node"]
         .as_str()
         .unwrap()

@@ -31,6 +31,8 @@ pub fn routes() -> Router<Arc<Ctx>> {
             get(storage).delete(clear_storage),
         )
         .route("/api/healthchecks/node", get(ok))
+        // RabbitMQ's route is `/healthchecks/node/[:node]`: an empty segment is this node.
+        .route("/api/healthchecks/node/", get(ok))
         .route("/api/healthchecks/node/{node}", get(node))
         .route("/api/aliveness-test/{vhost}", get(aliveness_test))
 }
