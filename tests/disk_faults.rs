@@ -8,21 +8,6 @@ use lapin::options::*;
 use lapin::types::FieldTable;
 use std::time::Duration;
 
-async fn publish_persistent(ch: &lapin::Channel, q: &str, body: &[u8]) -> lapin::PublisherConfirm {
-    within(
-        "publish",
-        ch.basic_publish(
-            "".into(),
-            q.into(),
-            BasicPublishOptions::default(),
-            body,
-            lapin::BasicProperties::default().with_delivery_mode(2),
-        ),
-    )
-    .await
-    .expect("publish")
-}
-
 #[tokio::test]
 async fn failed_writes_nack_and_failed_flushes_hold_confirms_back() {
     let b = start_broker().await;

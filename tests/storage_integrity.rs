@@ -25,19 +25,7 @@ async fn publish_all(b: &TestBroker) {
     declare_durable(&ch, "jobs").await;
     let mut confirms = Vec::new();
     for i in 0..MESSAGES {
-        let c = within(
-            "publish",
-            ch.basic_publish(
-                "".into(),
-                "jobs".into(),
-                BasicPublishOptions::default(),
-                &body(i),
-                lapin::BasicProperties::default().with_delivery_mode(2),
-            ),
-        )
-        .await
-        .unwrap();
-        confirms.push(c);
+        confirms.push(publish_persistent(&ch, "jobs", &body(i)).await);
     }
     for c in confirms {
         assert!(within("confirm", c).await.unwrap().is_ack());
@@ -192,18 +180,7 @@ async fn a_flipped_bit_in_sled_costs_no_queue_and_is_reported() {
             declare_durable(&ch, &format!("q{i}")).await;
         }
         for i in 0..30 {
-            let c = within(
-                "publish",
-                ch.basic_publish(
-                    "".into(),
-                    format!("q{i}").as_str().into(),
-                    BasicPublishOptions::default(),
-                    b"kept",
-                    lapin::BasicProperties::default().with_delivery_mode(2),
-                ),
-            )
-            .await
-            .unwrap();
+            let c = publish_persistent(&ch, &format!("q{i}"), b"kept").await;
             assert!(within("confirm", c).await.unwrap().is_ack());
         }
     }
@@ -288,19 +265,9 @@ async fn random_byte_flips_anywhere_in_a_data_dir_are_served_around_and_reported
         for q in 0..3 {
             declare_durable(&ch, &format!("rot{q}")).await;
             for i in 0..PER_QUEUE {
-                let c = within(
-                    "publish",
-                    ch.basic_publish(
-                        "".into(),
-                        format!("rot{q}").as_str().into(),
-                        BasicPublishOptions::default(),
-                        &body(q * PER_QUEUE + i)[..rng.random_range(8..1024)],
-                        lapin::BasicProperties::default().with_delivery_mode(2),
-                    ),
-                )
-                .await
-                .unwrap();
-                confirms.push(c);
+                let len = rng.random_range(8..1024);
+                let rot = format!("rot{q}");
+                confirms.push(publish_persistent(&ch, &rot, &body(q * PER_QUEUE + i)[..len]).await);
             }
         }
         for c in confirms {

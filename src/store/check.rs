@@ -7,7 +7,7 @@
 //! tails alone (what a crash leaves, never confirmed) are reported but pass.
 
 use super::fs::{FileSystem, RealFs};
-use super::recovery::{is_torn, scan_segment};
+use super::recovery::{is_torn, merge_marks, scan_segment};
 use super::segments::{ack_path, dlv_path, seg_name, seg_path, segment_ids};
 use super::{offsets, Recovered};
 use std::collections::{BTreeMap, HashSet};
@@ -102,10 +102,7 @@ fn check_messages(dir: &Path, r: &mut Report) -> Result<(), String> {
             path.display(),
             scanned.layout
         ));
-        for (seg, len) in scanned.marks {
-            let e = marks.entry(seg).or_insert(0);
-            *e = (*e).max(len);
-        }
+        merge_marks(&mut marks, scanned.marks);
         stretches.extend(
             scanned
                 .stretches

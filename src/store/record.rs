@@ -232,6 +232,15 @@ struct Window<'f> {
 const WINDOW: usize = 1 << 20;
 
 impl<'f> Window<'f> {
+    fn new(file: &'f dyn StoreFile, size: u64) -> Self {
+        Window {
+            file,
+            size,
+            start: 0,
+            buf: Vec::new(),
+        }
+    }
+
     fn get(&mut self, off: u64, len: usize) -> std::io::Result<Option<&[u8]>> {
         if off + len as u64 > self.size {
             return Ok(None);
@@ -274,12 +283,7 @@ pub fn scan(
     salt: u32,
     mut each: impl FnMut(Found<'_>),
 ) -> std::io::Result<()> {
-    let mut w = Window {
-        file,
-        size,
-        start: 0,
-        buf: Vec::new(),
-    };
+    let mut w = Window::new(file, size);
     let mut off = FILE_HEADER as u64;
     let mut bad_from: Option<u64> = None;
     while off + REC_HEADER as u64 <= size {
@@ -345,12 +349,7 @@ pub fn scan_legacy(
     size: u64,
     mut each: impl FnMut(Found<'_>),
 ) -> std::io::Result<()> {
-    let mut w = Window {
-        file,
-        size,
-        start: 0,
-        buf: Vec::new(),
-    };
+    let mut w = Window::new(file, size);
     let mut off = 0u64;
     while off + LEGACY_HEADER as u64 <= size {
         let Some(h) = w.get(off, LEGACY_HEADER)? else {

@@ -105,6 +105,14 @@ fn salt_that_reads(file: &dyn StoreFile, size: u64, salts: [u32; 2]) -> Layout {
     best.1
 }
 
+/// Keep the highest synced length each segment's marks claim.
+pub(super) fn merge_marks(marks: &mut BTreeMap<u32, u64>, found: Vec<(u32, u64)>) {
+    for (seg, len) in found {
+        let e = marks.entry(seg).or_insert(0);
+        *e = (*e).max(len);
+    }
+}
+
 /// A damaged stretch at `off` of segment `seg` lies wholly after what the sync marks say
 /// was synced: a torn tail.
 pub(super) fn is_torn(off: u64, seg: u32, marks: &BTreeMap<u32, u64>) -> bool {
@@ -170,10 +178,7 @@ impl MessageLog {
                 }
             })
             .map_err(|e| io_err(&path, e))?;
-            for (seg, len) in scanned.marks {
-                let e = marks.entry(seg).or_insert(0);
-                *e = (*e).max(len);
-            }
+            merge_marks(&mut marks, scanned.marks);
             stretches.extend(
                 scanned
                     .stretches

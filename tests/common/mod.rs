@@ -160,6 +160,22 @@ pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
 }
 
 /// Next delivery from a lapin consumer, bounded in time.
+/// Publish a persistent message through the default exchange; its confirm, to await later.
+pub async fn publish_persistent(ch: &Channel, q: &str, body: &[u8]) -> lapin::PublisherConfirm {
+    within(
+        "publish",
+        ch.basic_publish(
+            "".into(),
+            q.into(),
+            BasicPublishOptions::default(),
+            body,
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        ),
+    )
+    .await
+    .expect("publish")
+}
+
 pub async fn next(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
     use futures_lite::StreamExt;
     within("delivery", consumer.next())
