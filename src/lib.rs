@@ -5,13 +5,15 @@
 //! - `server`     — listener, accept loop with back-off, connection limit, shutdown
 //! - `tls`        — rustls configs from the PEM files, the amqps handshake
 //! - `protocol`   — wire codec: frame reading with limits, hand-encoded hot frames, table checks
-//! - `connection` — per-connection task: handshake, read loop, heartbeats, outbound writer
+//! - `connection` — per-connection task: handshake, read loop, heartbeats, the socket writer
 //! - `channel`    — channel state machine and content assembly; one file per AMQP class
 //! - `broker`     — vhosts, exchanges (one matcher per type, delayed-message holding), queues,
 //!   deliveries, messages, policies, direct reply-to (`reply_to`), resource alarms (memory
-//!   watermark, disk free limit)
-//! - `store`      — durable definitions and delayed messages in sled, persistent messages in
-//!   an append-only segment log (`segments`), recovery, format version
+//!   watermark, disk free limit), and the client connection as queues see it (`client`,
+//!   with its `outbound` buffer): `broker` does not depend on `connection`
+//! - `store`      — durable definitions and delayed messages in sled (checked against a
+//!   definitions snapshot), persistent messages in an append-only segment log (`segments`,
+//!   `record`, `recovery`), damage reporting, `warrenmq check`, format version
 //! - `auth`       — users, password hashes, tags, permissions and their checks; PLAIN/AMQPLAIN
 //! - `ctl`        — `warrenmq ctl`, the admin client of the management API
 //! - `http`       — management HTTP API, Prometheus metrics, rates, the dashboard

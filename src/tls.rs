@@ -154,7 +154,7 @@ pub async fn serve_amqps(
 /// What the management API shows of a TLS connection, in RabbitMQ's terms (`tlsv1.3`,
 /// cipher `aes_256_gcm`, hash `sha384`, key exchange `ecdhe_rsa`, or `any` for TLS 1.3,
 /// whose suites do not name one).
-pub fn session_info(conn: &rustls::ServerConnection) -> crate::connection::TlsInfo {
+pub fn session_info(conn: &rustls::ServerConnection) -> crate::broker::client::TlsInfo {
     let protocol = match conn.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "tlsv1.3",
         Some(rustls::ProtocolVersion::TLSv1_2) => "tlsv1.2",
@@ -165,7 +165,7 @@ pub fn session_info(conn: &rustls::ServerConnection) -> crate::connection::TlsIn
         .and_then(|s| s.suite().as_str())
         .unwrap_or("");
     let (key_exchange, cipher, hash) = split_suite(suite);
-    crate::connection::TlsInfo {
+    crate::broker::client::TlsInfo {
         protocol: protocol.into(),
         key_exchange,
         cipher,

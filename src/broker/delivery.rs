@@ -4,9 +4,9 @@
 //! Queues deliver from whichever task published (no hop through another task), so this state
 //! sits behind short locks. Lock order everywhere: queue → channel deliveries → outbound.
 
+use super::client::ConnShared;
 use super::message::QueuedMessage;
 use super::queue::Queue;
-use crate::connection::ConnShared;
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::encode;
 use parking_lot::Mutex;

@@ -3,10 +3,12 @@
 
 pub mod alarms;
 pub mod args;
+pub mod client;
 pub mod dead_letter;
 pub mod delivery;
 pub mod exchange;
 pub mod message;
+pub mod outbound;
 pub mod policy;
 pub mod queue;
 pub mod reply_to;
@@ -15,8 +17,8 @@ pub mod vhosts;
 
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::connection::ConnShared;
 use crate::store::{Store, StoreError};
+use client::ConnShared;
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -9,12 +9,12 @@ mod queue;
 
 pub use queue::generated_name;
 
+use crate::broker::client::ConnShared;
 use crate::broker::delivery::{ChannelShared, Consumer, Unacked};
 use crate::broker::message::QueuedMessage;
 use crate::broker::queue::Queue;
 use crate::broker::vhost::VHost;
 use crate::broker::Broker;
-use crate::connection::ConnShared;
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::{encode, short, AMQPClass, BasicProperties};
 use amq_protocol::protocol::{access, channel as chan};

@@ -328,7 +328,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         self.channel_max = negotiate(cfg.channel_max as u32, tune.channel_max as u32) as u16;
         let frame_max = negotiate(cfg.frame_max, tune.frame_max);
         self.limits.frame_max = frame_max;
-        self.shared.frame_max.store(frame_max, Ordering::Relaxed);
+        self.shared.set_frame_max(frame_max);
         self.heartbeat = Duration::from_secs(tune.heartbeat as u64);
         self.shared
             .heartbeat_ms

@@ -1,6 +1,6 @@
 //! The outbound side of a connection: one buffer that any task may append encoded frames to
-//! (replies, deliveries from whichever task published), and a writer task that swaps it out
-//! and writes it with one syscall per batch. It also carries socket backpressure: past the
+//! (replies, deliveries from whichever task published), which the connection's writer task
+//! (connection/writer.rs) swaps out and writes with one syscall per batch. It also carries socket backpressure: past the
 //! high watermark consumers on this connection are skipped, and the queues that skipped
 //! them are re-dispatched once the writer has drained the buffer.
 
@@ -94,15 +94,29 @@ impl Outbound {
         self.closing.load(Ordering::Relaxed)
     }
 
+    /// Wait until frames are written to the buffer (or it is closed).
+    pub(crate) async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    /// Idle connection: queue a heartbeat frame unless something else is pending.
+    pub(crate) fn heartbeat_if_idle(&self) {
+        let mut buf = self.buf.lock();
+        if buf.is_empty() {
+            crate::protocol::encode::heartbeat(&mut buf);
+            self.pending.store(buf.len(), Ordering::Relaxed);
+        }
+    }
+
     /// Swap the pending frames into `into` (which must be empty).
-    fn take(&self, into: &mut BytesMut) {
+    pub(crate) fn take(&self, into: &mut BytesMut) {
         let mut buf = self.buf.lock();
         std::mem::swap(&mut *buf, into);
         self.pending.store(0, Ordering::Relaxed);
     }
 
     /// After a write: release paused readers and re-dispatch queues waiting on us.
-    fn after_write(&self) {
+    pub(crate) fn after_write(&self) {
         if self.is_congested() {
             return;
         }
@@ -112,56 +126,4 @@ impl Outbound {
             q.dispatch();
         }
     }
-}
-
-/// The writer task: write batches until closed; send heartbeats when idle.
-pub async fn run_writer<W: tokio::io::AsyncWrite + Unpin>(
-    out: Arc<Outbound>,
-    mut sock: W,
-    heartbeat: Arc<std::sync::atomic::AtomicU64>,
-) {
-    use tokio::io::AsyncWriteExt;
-    let mut local = BytesMut::new();
-    loop {
-        if out.pending() == 0 {
-            if out.is_closing() {
-                break;
-            }
-            let hb_ms = heartbeat.load(Ordering::Relaxed);
-            if hb_ms == 0 {
-                out.wake.notified().await;
-            } else {
-                // Idle for half the interval: send a heartbeat so the peer sees traffic.
-                let idle = std::time::Duration::from_millis(hb_ms / 2);
-                tokio::select! {
-                    _ = out.wake.notified() => {}
-                    _ = tokio::time::sleep(idle) => {
-                        if out.pending() == 0 {
-                            let mut buf = out.buf.lock();
-                            crate::protocol::encode::heartbeat(&mut buf);
-                            out.pending.store(buf.len(), Ordering::Relaxed);
-                        }
-                    }
-                }
-            }
-            continue;
-        }
-        out.take(&mut local);
-        if let Err(e) = sock.write_all(&local).await {
-            tracing::debug!(error = %e, "write failed; connection is gone");
-            out.close();
-            break;
-        }
-        out.send_oct
-            .fetch_add(local.len() as u64, Ordering::Relaxed);
-        out.send_cnt.fetch_add(1, Ordering::Relaxed);
-        local.clear();
-        // Keep a reasonably sized buffer, but do not hold on to a huge one after a burst.
-        if local.capacity() > 4 * 1024 * 1024 {
-            local = BytesMut::new();
-        }
-        out.after_write();
-    }
-    out.close();
-    let _ = sock.shutdown().await;
 }
