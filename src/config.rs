@@ -21,6 +21,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// tracing filter, e.g. `info` or `warrenmq=debug`.
     pub log_level: String,
+    /// `text` (colour only on a terminal) or `json` (one object per line, for log shippers).
+    pub log_format: LogFormat,
     /// The user created on an empty data dir.
     pub default_user: String,
     pub default_pass: String,
@@ -85,6 +87,16 @@ pub struct Config {
 pub const KNOWN_AUTH_MECHANISMS: &[&str] = &["PLAIN", "AMQPLAIN", "RABBIT-CR-DEMO"];
 
 /// A size limit given either absolutely or relative to total memory.
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines; ANSI colours only when stdout is a terminal.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields).
+    Json,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(try_from = "RawLimit")]
 pub enum ResourceLimit {
@@ -159,6 +171,7 @@ impl Default for Config {
             http_max_body: 20 * 1024 * 1024,
             data_dir: PathBuf::from("./data"),
             log_level: "info".to_string(),
+            log_format: LogFormat::Text,
             default_user: "guest".to_string(),
             default_pass: "guest".to_string(),
             heartbeat: 60,
@@ -211,6 +224,9 @@ pub struct ServeArgs {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "WARRENMQ_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Log line format: text (coloured only on a terminal) or json (one object per line).
+    #[arg(long, env = "WARRENMQ_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
     /// amqps listen address (used when --tls-cert and --tls-key are given).
     #[arg(long, env = "WARRENMQ_AMQPS_ADDR")]
     pub amqps_addr: Option<SocketAddr>,
@@ -282,6 +298,9 @@ impl Config {
         }
         if let Some(v) = &args.log_level {
             cfg.log_level = v.clone();
+        }
+        if let Some(v) = args.log_format {
+            cfg.log_format = v;
         }
         if let Some(v) = args.amqps_addr {
             cfg.amqps_addr = v;

@@ -48,7 +48,14 @@ fn main() -> std::process::ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Escapes only for a terminal: a pipe or a file (systemd, docker logs) gets plain text.
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        warrenmq::config::LogFormat::Json => fmt.json().init(),
+        warrenmq::config::LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .init(),
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
