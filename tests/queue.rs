@@ -766,6 +766,15 @@ async fn quorum_queue_type_is_refused_with_a_clear_text() {
     assert!(text.contains("classic"), "reply text: {text}");
     let ch = channel(&conn).await;
     assert_eq!(code(passive(&ch, "qq").await), 404);
+    // A type RabbitMQ does not know either: its text, word for word (3.10.8).
+    let ch = channel(&conn).await;
+    let a = args(&[("x-queue-type", AMQPValue::LongString("foo".into()))]);
+    let (reply, text) = code_and_text(qdeclare(&ch, "q", QueueDeclareOptions::default(), a).await);
+    assert_eq!(reply, 406, "{text}");
+    assert_eq!(
+        text,
+        "PRECONDITION_FAILED - invalid arg 'x-queue-type' for queue 'q' in vhost '/': \"unsupported queue type 'foo'\""
+    );
 }
 
 async fn consumer_cancelled_by_queue_delete(conn: &Connection, deleter: &Channel) {

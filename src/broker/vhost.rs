@@ -286,7 +286,7 @@ impl VHost {
                 d.name
             )));
         }
-        validate_queue_arguments(&d.arguments)?;
+        validate_queue_arguments(&d.arguments, &d.name, &self.name)?;
         // Checked before taking the map entry: counting takes every shard's lock.
         if let Some(max) = self.limit("max-queues") {
             if !self.queues.contains_key(&d.name) && self.queues.len() as u64 >= max {
@@ -629,7 +629,7 @@ fn describe_arg(v: Option<&AMQPValue>) -> String {
 }
 
 /// Type and range checks of the queue arguments this broker understands (406 on bad values).
-fn validate_queue_arguments(a: &FieldTable) -> AmqpResult<()> {
+fn validate_queue_arguments(a: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<()> {
     let bad = |k: &str, why: &str| AmqpError::precondition(format!("invalid arg '{k}': {why}"));
     for (k, v) in a.inner() {
         let k = k.as_str();
@@ -666,6 +666,12 @@ fn validate_queue_arguments(a: &FieldTable) -> AmqpResult<()> {
             },
             "x-queue-type" => match args::str_value(v).as_deref() {
                 Some("classic") => {}
+                // RabbitMQ's text for a type it does not know.
+                Some(other) if !matches!(other, "quorum" | "stream") => {
+                    return Err(AmqpError::precondition(format!(
+                        "invalid arg 'x-queue-type' for queue '{queue}' in vhost '{vhost}': \"unsupported queue type '{other}'\""
+                    )))
+                }
                 Some(other) => {
                     return Err(bad(
                         k,
