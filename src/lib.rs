@@ -28,6 +28,7 @@ pub mod ctl;
 pub mod error;
 pub mod http;
 pub mod protocol;
+pub mod raft;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -60,6 +60,7 @@ impl ServerHandle {
             http,
             ..
         } = self;
+        broker.stop_quorum_groups().await;
         drop((broker, http));
         let _ = shutdown.send(true);
         let _ = task.await;

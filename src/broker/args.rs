@@ -55,6 +55,12 @@ pub fn first_difference<'k>(
         .copied()
         .find(|k| match (get(old, k), get(new, k)) {
             (None, None) => false,
+            // Classic is the type a queue declared without one has.
+            (None, Some(v)) | (Some(v), None)
+                if *k == "x-queue-type" && str_value(v).as_deref() == Some("classic") =>
+            {
+                false
+            }
             (Some(a), Some(b)) => !values_equivalent(a, b),
             _ => true,
         })

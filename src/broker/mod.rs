@@ -50,6 +50,7 @@ impl Broker {
             source: sled::Error::Io(e),
         })?;
         let store = Arc::new(Store::open(&config.data_dir, config.store_cache_bytes)?);
+        store.open_quorum()?;
         let auth = Auth::load(Some(store.clone()))?;
         // The default user is made once, on a data dir that never had users; deleting every
         // user later does not bring it back (as RabbitMQ).
@@ -78,6 +79,20 @@ impl Broker {
             broker.recover_vhost(&store, vrec)?;
         }
         broker.recover_messages(&store)?;
+        if let Some(node) = store.quorum() {
+            // Groups of queues deleted while their segments were still needed.
+            let claimed: std::collections::HashSet<u64> = broker
+                .vhosts
+                .iter()
+                .flat_map(|v| {
+                    v.queues
+                        .iter()
+                        .filter_map(|q| q.quorum.as_ref().map(|g| g.group))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            node.log.retain_groups(|g| claimed.contains(&g));
+        }
         store.start_flusher();
         Ok(Arc::new(broker))
     }
@@ -194,6 +209,23 @@ impl Broker {
     pub fn flush(&self) {
         if let Some(s) = &self.store {
             s.flush();
+        }
+    }
+
+    /// Stop every quorum queue's group (clean shutdown): proposed rounds are written first.
+    pub async fn stop_quorum_groups(&self) {
+        let groups: Vec<_> = self
+            .vhosts
+            .iter()
+            .flat_map(|v| {
+                v.queues
+                    .iter()
+                    .filter_map(|q| q.quorum.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for g in groups {
+            g.shutdown().await;
         }
     }
 }

@@ -287,6 +287,15 @@ impl VHost {
             )));
         }
         validate_queue_arguments(&d.arguments, &d.name, &self.name)?;
+        if super::queue::is_quorum(&d.arguments) {
+            if self.store.as_ref().and_then(|s| s.quorum()).is_none() {
+                return Err(AmqpError::precondition(format!(
+                    "cannot declare quorum queue '{}' in vhost '{}': this node has no data dir",
+                    d.name, self.name
+                )));
+            }
+            validate_quorum_declaration(&d, &self.name)?;
+        }
         // Checked before taking the map entry: counting takes every shard's lock.
         if let Some(max) = self.limit("max-queues") {
             if !self.queues.contains_key(&d.name) && self.queues.len() as u64 >= max {
@@ -323,12 +332,12 @@ impl VHost {
                 };
                 if let Some(field) = field {
                     return Err(AmqpError::precondition(format!(
-                        "inequivalent arg '{field}' for queue '{}' in vhost '{}': received '{}' \
-                         but current is '{}'",
+                        "inequivalent arg '{field}' for queue '{}' in vhost '{}': received {} \
+                         but current is {}",
                         spec.name,
                         self.name,
-                        describe_queue_field(&spec, field),
-                        describe_queue_field(old, field)
+                        describe_queue_field(&spec, old, field),
+                        describe_queue_field(old, &spec, field)
                     )));
                 }
                 q.touch();
@@ -610,11 +619,24 @@ fn describe_exchange_field(spec: &ExchangeSpec, field: &str) -> String {
     }
 }
 
-fn describe_queue_field(spec: &QueueSpec, field: &str) -> String {
+/// One side of an inequivalent queue field, as RabbitMQ words it: `'v'` when both sides
+/// have the argument, `the value 'v' of type 't'` against a missing one, `none` if missing.
+fn describe_queue_field(spec: &QueueSpec, other: &QueueSpec, field: &str) -> String {
     match field {
-        "durable" => spec.durable.to_string(),
-        "auto_delete" => spec.auto_delete.to_string(),
-        key => describe_arg(args::get(&spec.arguments, key)),
+        "durable" => format!("'{}'", spec.durable),
+        "auto_delete" => format!("'{}'", spec.auto_delete),
+        key => match (
+            args::get(&spec.arguments, key),
+            args::get(&other.arguments, key),
+        ) {
+            (None, _) => "none".to_string(),
+            (Some(v), Some(_)) => format!("'{}'", describe_arg(Some(v))),
+            (Some(v), None) => format!(
+                "the value '{}' of type '{}'",
+                describe_arg(Some(v)),
+                args::type_name(v)
+            ),
+        },
     }
 }
 
@@ -628,63 +650,126 @@ fn describe_arg(v: Option<&AMQPValue>) -> String {
     }
 }
 
-/// Type and range checks of the queue arguments this broker understands (406 on bad values).
+/// Type and range checks of the queue arguments this broker understands: 406 with
+/// RabbitMQ's texts (`invalid arg 'K' for queue 'Q' in vhost 'V': {value_negative,-1}`).
 fn validate_queue_arguments(a: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<()> {
-    let bad = |k: &str, why: &str| AmqpError::precondition(format!("invalid arg '{k}': {why}"));
+    let bad = |k: &str, why: String| {
+        AmqpError::precondition(format!(
+            "invalid arg '{k}' for queue '{queue}' in vhost '{vhost}': {why}"
+        ))
+    };
+    let not_int = |v: &AMQPValue| format!("\"expected integer, got {}\"", args::type_name(v));
     for (k, v) in a.inner() {
         let k = k.as_str();
         match k {
-            "x-message-ttl" | "x-max-length" | "x-max-length-bytes" | "x-delivery-limit"
-            | "x-consumer-timeout" => match args::int_value(v) {
-                Some(n) if n >= 0 => {}
-                Some(_) => return Err(bad(k, "must be non-negative")),
-                None => return Err(bad(k, "must be an integer")),
-            },
+            "x-message-ttl" | "x-max-length" | "x-max-length-bytes" | "x-consumer-timeout" => {
+                match args::int_value(v) {
+                    Some(n) if n >= 0 => {}
+                    Some(n) => return Err(bad(k, format!("{{value_negative,{n}}}"))),
+                    None => return Err(bad(k, not_int(v))),
+                }
+            }
             "x-expires" => match args::int_value(v) {
                 Some(n) if n > 0 => {}
-                Some(_) => return Err(bad(k, "must be positive")),
-                None => return Err(bad(k, "must be an integer")),
+                Some(0) => return Err(bad(k, "{value_zero,0}".into())),
+                Some(n) => return Err(bad(k, format!("{{value_negative,{n}}}"))),
+                None => return Err(bad(k, not_int(v))),
             },
             "x-max-priority" => match args::int_value(v) {
                 Some(n) if (0..=255).contains(&n) => {}
-                Some(_) => return Err(bad(k, "must be between 0 and 255")),
-                None => return Err(bad(k, "must be an integer")),
+                Some(n) if n < 0 => return Err(bad(k, format!("{{value_negative,{n}}}"))),
+                Some(n) => return Err(bad(k, format!("{{max_value_exceeded,{n}}}"))),
+                None => return Err(bad(k, not_int(v))),
             },
             "x-dead-letter-exchange" | "x-dead-letter-routing-key"
                 if args::str_value(v).is_none() =>
             {
-                return Err(bad(k, "must be a string"));
+                return Err(AmqpError::precondition(format!(
+                    "invalid type '{}' for arg '{k}' in queue '{queue}' in vhost '{vhost}'",
+                    args::type_name(v)
+                )));
             }
             "x-overflow" => match args::str_value(v).as_deref() {
                 Some("drop-head" | "reject-publish" | "reject-publish-dlx") => {}
-                _ => {
-                    return Err(bad(
-                        k,
-                        "must be drop-head, reject-publish or reject-publish-dlx",
-                    ))
-                }
+                _ => return Err(bad(k, "invalid_overflow".into())),
             },
             "x-queue-type" => match args::str_value(v).as_deref() {
-                Some("classic") => {}
+                Some("classic" | "quorum") => {}
+                Some("stream") => {
+                    return Err(AmqpError::precondition(format!(
+                        "invalid arg 'x-queue-type' for queue '{queue}' in vhost '{vhost}': stream queues are not supported yet"
+                    )))
+                }
                 // RabbitMQ's text for a type it does not know.
-                Some(other) if !matches!(other, "quorum" | "stream") => {
+                Some(other) => {
                     return Err(AmqpError::precondition(format!(
                         "invalid arg 'x-queue-type' for queue '{queue}' in vhost '{vhost}': \"unsupported queue type '{other}'\""
                     )))
                 }
-                Some(other) => {
-                    return Err(bad(
-                        k,
-                        &format!(
-                            "queue type '{other}' is not supported; only 'classic' queues exist"
-                        ),
-                    ))
-                }
-                None => return Err(bad(k, "must be a string")),
+                None => return Err(bad(k, not_int(v))),
             },
             "x-single-active-consumer" if !matches!(v, AMQPValue::Boolean(_)) => {
-                return Err(bad(k, "must be a boolean"));
+                return Err(bad(
+                    k,
+                    format!("{{unacceptable_type,{}}}", args::type_name(v)),
+                ));
             }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// What a quorum queue declaration must also satisfy (RabbitMQ's checks and texts): a
+/// durable, shared, lasting queue, without the arguments quorum queues do not have.
+fn validate_quorum_declaration(d: &QueueDeclare, vhost: &str) -> AmqpResult<()> {
+    let (queue, a) = (&d.name, &d.arguments);
+    let property = |p: &str| {
+        AmqpError::precondition(format!(
+            "invalid property '{p}' for queue '{queue}' in vhost '{vhost}'"
+        ))
+    };
+    if !d.durable {
+        return Err(property("non-durable"));
+    }
+    if d.exclusive {
+        return Err(property("exclusive-owner"));
+    }
+    if d.auto_delete {
+        return Err(property("auto-delete"));
+    }
+    let bad = |k: &str, why: String| {
+        AmqpError::precondition(format!(
+            "invalid arg '{k}' for queue '{queue}' in vhost '{vhost}': {why}"
+        ))
+    };
+    for (k, v) in a.inner() {
+        let k = k.as_str();
+        match k {
+            "x-max-priority" | "x-queue-mode" | "x-queue-master-locator" => {
+                return Err(AmqpError::precondition(format!(
+                    "invalid arg '{k}' for queue '{queue}' in vhost '{vhost}' of queue type rabbit_quorum_queue"
+                )))
+            }
+            "x-quorum-initial-group-size" => match args::int_value(v) {
+                Some(n) if n > 0 => {}
+                Some(0) => return Err(bad(k, "{value_zero,0}".into())),
+                Some(n) => return Err(bad(k, format!("{{value_negative,{n}}}"))),
+                None => {
+                    return Err(bad(
+                        k,
+                        format!("\"expected integer, got {}\"", args::type_name(v)),
+                    ))
+                }
+            },
+            "x-queue-leader-locator" => match args::str_value(v).as_deref() {
+                Some("client-local" | "balanced") => {}
+                _ => return Err(bad(k, "invalid_queue_locator_arg".into())),
+            },
+            "x-dead-letter-strategy" => match args::str_value(v).as_deref() {
+                Some("at-most-once" | "at-least-once") => {}
+                _ => return Err(bad(k, "invalid_dlx_strategy".into())),
+            },
             _ => {}
         }
     }

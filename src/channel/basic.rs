@@ -348,7 +348,20 @@ impl Channel {
                     }
                     _ => 0,
                 };
-                c.pending.push_back((c.last_seq, epoch, routed.rejected));
+                c.pending.push_back(super::PendingConfirm {
+                    seq: c.last_seq,
+                    epoch,
+                    quorum: None,
+                    nack: routed.rejected,
+                });
+            }
+            for w in routed.quorum {
+                c.pending.push_back(super::PendingConfirm {
+                    seq: c.last_seq,
+                    epoch: 0,
+                    quorum: Some(w),
+                    nack: false,
+                });
             }
         }
         Ok(())
@@ -372,6 +385,7 @@ impl Channel {
             return Routed {
                 rejected: false,
                 persisted: held.persisted,
+                quorum: Vec::new(),
             };
         }
         // The routing result buffer is reused across publishes to avoid an allocation each.
@@ -381,11 +395,13 @@ impl Channel {
         let mut delivered = false;
         let mut rejected = false;
         let mut persisted = false;
+        let mut quorum = Vec::new();
         for q in queues.drain(..) {
             match q.publish(msg.clone()) {
                 Enqueued::Accepted => {
                     delivered = true;
                     persisted |= q.persists(&msg);
+                    quorum.extend(q.confirm_ticket());
                 }
                 Enqueued::Rejected => {
                     delivered = true;
@@ -401,6 +417,7 @@ impl Channel {
         Routed {
             rejected,
             persisted,
+            quorum,
         }
     }
 
@@ -429,6 +446,7 @@ impl Channel {
         Routed {
             rejected: false,
             persisted: false,
+            quorum: Vec::new(),
         }
     }
 
@@ -453,6 +471,8 @@ pub(super) struct Routed {
     pub rejected: bool,
     /// A durable queue stored it: confirm only after the store flushed.
     pub persisted: bool,
+    /// Quorum queues took it: confirm only once each applied it.
+    pub quorum: Vec<super::QuorumWait>,
 }
 
 /// Ack (reject = None), or nack/reject with requeue, or without (dead-letter or drop).

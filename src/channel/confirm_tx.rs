@@ -74,9 +74,9 @@ impl Channel {
                 for p in publishes {
                     // An exchange deleted since the publish drops the message, as RabbitMQ does.
                     if let Ok(exchange) = ctx.vhost.exchange(&p.publish.exchange) {
-                        persisted |= self
-                            .route_and_deliver(ctx, &exchange, &p.publish, p.msg)
-                            .persisted;
+                        let routed = self.route_and_deliver(ctx, &exchange, &p.publish, p.msg);
+                        persisted |= routed.persisted;
+                        self.deferred_quorum.extend(routed.quorum);
                     }
                 }
                 for a in acks {
@@ -84,13 +84,18 @@ impl Channel {
                 }
                 self.note_uncommitted();
                 self.dispatch_consumed_queues();
-                match (&ctx.broker.store, persisted) {
-                    // commit-ok only once the persistent messages are on disk.
-                    (Some(store), true) => self.deferred_commit = Some(store.write_epoch()),
-                    _ => self.send(
+                // commit-ok only once the persistent messages are on disk and every
+                // quorum queue applied its share.
+                if let (Some(store), true) = (&ctx.broker.store, persisted) {
+                    self.deferred_commit = Some(store.write_epoch());
+                }
+                if self.deferred_commit.is_some() || !self.deferred_quorum.is_empty() {
+                    self.commit_pending = true;
+                } else {
+                    self.send(
                         ctx,
                         AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
-                    ),
+                    );
                 }
                 Ok(())
             }

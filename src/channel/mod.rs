@@ -61,9 +61,28 @@ struct Confirms {
     last_seq: u64,
     /// Highest sequence number already acked or nacked to the client.
     reported: u64,
-    /// Publishes that cannot simply be acked with the rest, in order: (seq, store write
-    /// epoch that must be flushed first (0 = none), nack instead of ack).
-    pending: std::collections::VecDeque<(u64, u64, bool)>,
+    /// Publishes that cannot simply be acked with the rest, in order. A publish that
+    /// reached several quorum queues has one entry per queue, all with its seq.
+    pending: std::collections::VecDeque<PendingConfirm>,
+}
+
+/// What one publisher confirm waits for.
+struct PendingConfirm {
+    seq: u64,
+    /// Store write epoch that must be flushed first (0 = none).
+    epoch: u64,
+    /// A quorum queue's applied ticket that must reach this one.
+    quorum: Option<QuorumWait>,
+    /// Nack instead of ack.
+    nack: bool,
+}
+
+/// A quorum queue's applied-ticket counter and the ticket to wait for.
+pub(crate) type QuorumWait = (Arc<std::sync::atomic::AtomicU64>, u64);
+
+fn quorum_done(w: &Option<QuorumWait>) -> bool {
+    w.as_ref()
+        .is_none_or(|(applied, t)| applied.load(Ordering::Acquire) >= *t)
 }
 
 impl Confirms {
@@ -118,6 +137,10 @@ pub struct Channel {
     route_buf: Vec<Arc<Queue>>,
     /// tx.commit-ok held until the store has flushed this write epoch.
     pub deferred_commit: Option<u64>,
+    /// tx.commit-ok also held until these quorum queues applied the commit's publishes.
+    pub deferred_quorum: Vec<QuorumWait>,
+    /// A commit-ok is owed (sent once both waits are over).
+    pub commit_pending: bool,
     /// The direct reply-to consumer, if this channel has one (at most one per channel).
     reply: Option<Arc<crate::broker::reply_to::ReplyConsumer>>,
 }
@@ -134,6 +157,8 @@ impl Channel {
             mode: Mode::Normal,
             route_buf: Vec::new(),
             deferred_commit: None,
+            deferred_quorum: Vec::new(),
+            commit_pending: false,
             reply: None,
         }
     }
@@ -240,10 +265,14 @@ impl Channel {
         };
         let shared = &self.shared;
         loop {
-            match c.pending.front().copied() {
-                Some((seq, epoch, nack)) if epoch <= flushed => {
+            let front = c
+                .pending
+                .front()
+                .map(|p| (p.seq, p.epoch <= flushed && quorum_done(&p.quorum), p.nack));
+            match front {
+                Some((seq, true, nack)) => {
                     c.pending.pop_front();
-                    if nack {
+                    if nack && c.reported < seq {
                         c.ack_upto(shared, seq - 1);
                         let id = shared.id;
                         c.reported = seq;
@@ -253,7 +282,7 @@ impl Channel {
                             .write(|buf| encode::confirm_nack(buf, id, seq, false));
                     }
                 }
-                Some((seq, _, _)) => {
+                Some((seq, false, _)) => {
                     c.ack_upto(shared, seq - 1);
                     break;
                 }
@@ -289,7 +318,20 @@ impl Channel {
 
     /// Confirms are held until the store flushes.
     pub fn awaiting_flush(&self) -> bool {
-        matches!(&self.mode, Mode::Confirm(c) if c.pending.iter().any(|(_, e, _)| *e > 0))
+        matches!(&self.mode, Mode::Confirm(c) if c.pending.iter().any(|p| p.epoch > 0))
+    }
+
+    /// Confirms or a tx.commit-ok are held until a quorum queue applies them.
+    pub fn awaiting_quorum(&self) -> bool {
+        !self.deferred_quorum.is_empty()
+            || matches!(&self.mode, Mode::Confirm(c) if c.pending.iter().any(|p| p.quorum.is_some()))
+    }
+
+    /// The tx.commit-ok is due: every quorum queue it published to applied its messages.
+    pub fn quorum_commit_done(&mut self) -> bool {
+        self.deferred_quorum
+            .retain(|w| !quorum_done(&Some(w.clone())));
+        self.deferred_quorum.is_empty()
     }
 
     /// Dispatch every queue this channel consumes from (credit was freed or flow resumed).

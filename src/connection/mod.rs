@@ -59,6 +59,8 @@ pub(crate) struct Connection<R> {
     channels: HashMap<u16, Channel>,
     /// The store's flushed write epoch: wakes the connection to send held confirms.
     flushed: Option<watch::Receiver<u64>>,
+    /// Bumped when a quorum queue applies entries: wakes held quorum confirms.
+    quorum_applied: Option<watch::Receiver<u64>>,
 }
 
 /// Where a connection is in an alarm episode.
@@ -130,6 +132,11 @@ pub async fn serve<S>(
         access: Access::new(broker.auth.clone(), "", ""),
         channels: HashMap::new(),
         flushed: broker.store.as_ref().map(|s| s.subscribe_flushed()),
+        quorum_applied: broker
+            .store
+            .as_ref()
+            .and_then(|s| s.quorum())
+            .map(|q| q.applied.subscribe()),
     };
     let exit = match c.handshake(&mut shutdown).await {
         Ok(true) => {
@@ -257,7 +264,9 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 .min()
                 .map(|t| (t / 4).clamp(Duration::from_millis(10), Duration::from_secs(5)));
             let awaiting_flush = self.channels.values().any(|c| c.awaiting_flush());
+            let awaiting_quorum = self.channels.values().any(|c| c.awaiting_quorum());
             let mut flushed = self.flushed.take();
+            let mut quorum_applied = self.quorum_applied.take();
             tokio::select! {
                 // Not read while blocked: the publisher stalls on TCP backpressure, and the
                 // heartbeat timeout (which lives in `fill`) is suspended meanwhile.
@@ -272,6 +281,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     return Exit::Error(AmqpError::new(ReplyCode::ConnectionForced, reason));
                 }
                 _ = flushed_changed(&mut flushed), if awaiting_flush => {}
+                _ = flushed_changed(&mut quorum_applied), if awaiting_quorum => {}
                 changed = alarms.changed(), if throttle.blocked => {
                     if changed.is_err() || !alarms.borrow_and_update().any() {
                         self.unblock(&mut throttle);
@@ -284,6 +294,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 }
             }
             self.flushed = flushed;
+            self.quorum_applied = quorum_applied;
         }
     }
 
@@ -325,6 +336,9 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 if let Some(store) = &store {
                     store.wait_flushed(epoch).await;
                 }
+            }
+            if ch.commit_pending && ch.quorum_commit_done() {
+                ch.commit_pending = false;
                 self.shared.send(
                     *id,
                     AMQPClass::Tx(amq_protocol::protocol::tx::AMQPMethod::CommitOk(

@@ -348,10 +348,11 @@ pub fn import(ctx: &Ctx, defs: &Value, only: Option<&str>) -> Result<(), String>
         let v = vhost_of(q)?;
         let name = text(q, "name")?;
         let mut arguments = json_to_table(q.get("arguments"))?;
-        // Quorum and stream queues of a RabbitMQ export become classic queues here.
+        // Stream queues of a RabbitMQ export become classic queues here (quorum queues
+        // keep their type).
         if let Some(t) = crate::broker::args::get(&arguments, "x-queue-type")
             .and_then(crate::broker::args::str_value)
-            .filter(|t| t != "classic")
+            .filter(|t| t == "stream")
         {
             tracing::warn!(queue = name, queue_type = %t, "imported as a classic queue");
             let kept: std::collections::BTreeMap<_, _> = arguments

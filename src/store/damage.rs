@@ -25,6 +25,9 @@ pub enum DamageKind {
     Offsets,
     /// A definition record in sled that does not decode.
     Definition,
+    /// A quorum queue's Raft log entry or snapshot that does not check: that queue
+    /// refuses work until the damage is dealt with.
+    RaftLog,
 }
 
 /// One damaged stretch.
@@ -153,6 +156,11 @@ impl Health {
             DamageKind::Definition => tracing::error!(
                 what = %d.file, cleared_before = known,
                 "damaged definitions found"
+            ),
+            DamageKind::RaftLog => tracing::error!(
+                file = %d.file, offset = d.offset, bytes = d.len, records_lost = d.records,
+                queue_id = ?d.queue_id, cleared_before = known,
+                "damaged quorum queue log data: that queue refuses work"
             ),
         }
         if d.kind == DamageKind::Definition {

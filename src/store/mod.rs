@@ -10,7 +10,7 @@ pub mod messages;
 mod offsets;
 #[cfg(test)]
 mod powercut;
-mod record;
+pub(crate) mod record;
 mod recovery;
 pub mod segments;
 mod snapshot;
@@ -39,6 +39,8 @@ pub enum StoreError {
     Version { found: String },
     #[error("corrupt record {key} in the data store: {why}")]
     Corrupt { key: String, why: String },
+    #[error("cannot open the quorum queue log: {0}")]
+    Quorum(std::io::Error),
 }
 
 /// Decode one definition record of `kind` into `out`; why not, if it does not decode.
@@ -144,6 +146,9 @@ pub struct Store {
     /// Highest queue id the recovered definitions use: new ids go above it (a sled
     /// restored from the snapshot starts its id counter again).
     queue_id_floor: std::sync::atomic::AtomicU64,
+    /// The Raft log and shared state of quorum queue groups (opened after the store, as
+    /// its damage reports go to the store's health).
+    quorum: std::sync::OnceLock<std::sync::Arc<crate::raft::node::RaftNode>>,
 }
 
 impl Drop for Store {
@@ -160,6 +165,9 @@ impl Drop for Store {
         self.flush();
         if let Err(e) = self.write_definitions_snapshot() {
             tracing::error!(error = %e, "could not write the definitions snapshot at shutdown");
+        }
+        if let Some(q) = self.quorum.get() {
+            q.log.close();
         }
         // Let the flusher task notice the store is gone and end.
         self.flush_wake.notify_one();
@@ -209,7 +217,20 @@ impl Store {
             snap_gen: std::sync::atomic::AtomicU64::new(u64::MAX),
             defs_lock: parking_lot::Mutex::new(()),
             queue_id_floor: std::sync::atomic::AtomicU64::new(0),
+            quorum: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Open the quorum queue log (`<data dir>/quorum`).
+    pub fn open_quorum(&self) -> Result<(), StoreError> {
+        let node = crate::raft::node::RaftNode::open(&self.data_dir, Some(self))
+            .map_err(StoreError::Quorum)?;
+        let _ = self.quorum.set(std::sync::Arc::new(node));
+        Ok(())
+    }
+
+    pub fn quorum(&self) -> Option<&std::sync::Arc<crate::raft::node::RaftNode>> {
+        self.quorum.get()
     }
 
     /// A definition or metadata record changed (the caller holds `defs_lock`): the
@@ -435,6 +456,12 @@ impl Store {
     /// Records of a durable queue lost to damage found at start.
     pub fn lost_records(&self, queue_id: u64) -> u64 {
         self.log.health.lost_records(queue_id)
+    }
+
+    /// Damage found outside the message log (a quorum queue's Raft log or snapshot):
+    /// reported with the rest (ERROR line, metrics, the storage health check).
+    pub fn report_damage(&self, d: damage::Damage) {
+        self.log.health.damaged(d);
     }
 
     /// An operator acknowledged the damage found (the storage health check passes again).

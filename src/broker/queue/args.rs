@@ -11,6 +11,9 @@ pub enum Overflow {
     RejectPublishDlx,
 }
 
+/// RabbitMQ 4.0's default `x-delivery-limit` of quorum queues.
+pub const QUORUM_DELIVERY_LIMIT: u64 = 20;
+
 #[derive(Debug, Clone)]
 pub struct QueueArgs {
     /// x-max-priority: number of priority levels above 0 (0 = not a priority queue).
@@ -53,7 +56,13 @@ impl QueueArgs {
                 get(t, "x-single-active-consumer"),
                 Some(AMQPValue::Boolean(true))
             ),
-            delivery_limit: int("x-delivery-limit").map(|v| v.max(0) as u64),
+            // Quorum queues have RabbitMQ 4's default of 20 returns; -1 is unlimited.
+            delivery_limit: match int("x-delivery-limit") {
+                Some(v) if v < 0 => None,
+                Some(v) => Some(v as u64),
+                None if super::is_quorum(t) => Some(QUORUM_DELIVERY_LIMIT),
+                None => None,
+            },
             consumer_timeout: int("x-consumer-timeout").map(|v| v.max(0) as u64),
         }
     }

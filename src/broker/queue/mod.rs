@@ -7,6 +7,7 @@
 
 pub mod args;
 pub mod inspect;
+pub mod quorum;
 pub mod ready;
 pub mod stats;
 mod timer;
@@ -72,8 +73,18 @@ pub struct Queue {
     timer_started: AtomicBool,
     /// Message counters for the management API and metrics.
     pub stats: stats::QueueStats,
-    /// Where its persistent messages are stored (durable, non-exclusive queues).
+    /// Where its persistent messages are stored (durable, non-exclusive classic queues).
     store: Option<Arc<Store>>,
+    /// A quorum queue's Raft group (its messages live in the group's log, not `store`).
+    pub quorum: Option<Arc<quorum::Quorum>>,
+}
+
+/// Is this declaration (or recovered definition) a quorum queue?
+pub fn is_quorum(arguments: &FieldTable) -> bool {
+    crate::broker::args::get(arguments, "x-queue-type")
+        .and_then(crate::broker::args::str_value)
+        .as_deref()
+        == Some("quorum")
 }
 
 /// Dead-letter work collected under the lock, done after it.
@@ -104,6 +115,18 @@ impl Queue {
     pub fn new(spec: QueueSpec, vhost: &Arc<VHost>, store: Option<Arc<Store>>) -> Arc<Self> {
         let args = QueueArgs::from_table(&spec.arguments);
         let store = store.filter(|_| spec.store_id.is_some());
+        let (quorum, recovered) = match (&store, spec.store_id) {
+            (Some(s), Some(id)) if is_quorum(&spec.arguments) => match s.quorum() {
+                Some(node) => {
+                    let (q, ready) = quorum::Quorum::open(id, node.clone(), Some(s));
+                    (Some(q), ready)
+                }
+                None => (None, Vec::new()),
+            },
+            _ => (None, Vec::new()),
+        };
+        // A quorum queue's messages are in its group's log; the classic store keeps none.
+        let store = store.filter(|_| quorum.is_none());
         let pager = match (&store, spec.store_id) {
             (Some(s), Some(id)) => Some(Pager {
                 store: s.clone(),
@@ -112,9 +135,13 @@ impl Queue {
             }),
             _ => None,
         };
+        let ready = match quorum {
+            Some(_) => ReadyList::two_levels(),
+            None => ReadyList::new(args.max_priority, pager),
+        };
         let q = Arc::new(Queue {
             inner: Mutex::new(QueueInner {
-                ready: ReadyList::new(args.max_priority, pager),
+                ready,
                 next_seq: 0,
                 consumers: Vec::new(),
                 cursor: 0,
@@ -132,7 +159,14 @@ impl Queue {
             timer_started: AtomicBool::new(false),
             stats: stats::QueueStats::default(),
             store,
+            quorum,
         });
+        if let Some(group) = &q.quorum {
+            for qm in recovered {
+                q.restore(qm);
+            }
+            group.start(&q, &format!("{}/{}", q.vhost_name, q.spec.name));
+        }
         if q.args.load().expires.is_some() {
             q.ensure_timer();
         }
@@ -186,6 +220,9 @@ impl Queue {
 
     /// Enqueue a routed message and deliver what can be delivered.
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Enqueued {
+        if let Some(group) = &self.quorum {
+            return self.propose(group, msg);
+        }
         let now = Instant::now();
         let mut dead: Dead = Vec::new();
         let result = {
@@ -215,28 +252,110 @@ impl Queue {
                 // Not stored: the publisher must not get a positive confirm.
                 Enqueued::Rejected
             } else {
-                let deadline = qm.deadline;
-                inner.ready.push(qm);
-                self.dispatch_locked(&mut inner, now, &mut dead);
-                while self.over_limit(&inner.ready, 0, 0) {
-                    match inner.ready.pop() {
-                        Some(head) => dead.push((head, DeathReason::Maxlen)),
-                        None => break,
-                    }
-                }
-                if let Some(d) = deadline {
-                    // TTL 0: delivered above if a consumer could take it, else expired now.
-                    let mut expired = Vec::new();
-                    inner.ready.take_expired(now, &mut expired);
-                    dead.extend(expired.into_iter().map(|m| (m, DeathReason::Expired)));
-                    self.arm(&mut inner, d);
-                }
-                self.stats.published();
+                self.enqueue_locked(&mut inner, qm, now, &mut dead);
                 Enqueued::Accepted
             }
         };
         self.dead_letter(dead);
         result
+    }
+
+    /// A message is in the queue for good (stored, or committed by the group): make it
+    /// ready, deliver, and apply max-length and TTL.
+    fn enqueue_locked(
+        self: &Arc<Self>,
+        inner: &mut QueueInner,
+        qm: QueuedMessage,
+        now: Instant,
+        dead: &mut Dead,
+    ) {
+        let deadline = qm.deadline;
+        inner.ready.push(qm);
+        self.dispatch_locked(inner, now, dead);
+        while self.over_limit(&inner.ready, 0, 0) {
+            match inner.ready.pop() {
+                Some(head) => dead.push((head, DeathReason::Maxlen)),
+                None => break,
+            }
+        }
+        if let Some(d) = deadline {
+            // TTL 0: delivered above if a consumer could take it, else expired now.
+            let mut expired = Vec::new();
+            inner.ready.take_expired(now, &mut expired);
+            dead.extend(expired.into_iter().map(|m| (m, DeathReason::Expired)));
+            self.arm(inner, d);
+        }
+        self.stats.published();
+    }
+
+    /// A quorum queue's publish: checked against its limits (counting what is proposed
+    /// and not yet applied), then proposed to the group. It becomes ready when applied.
+    fn propose(self: &Arc<Self>, group: &quorum::Quorum, msg: Arc<Message>) -> Enqueued {
+        if self.is_deleted() {
+            return Enqueued::Gone;
+        }
+        if group.damaged.is_some() {
+            return Enqueued::Rejected;
+        }
+        let len = msg.body.len() as u64;
+        let overflow = self.args.load().overflow;
+        if overflow != Overflow::DropHead {
+            let pending = group.in_flight.load(Ordering::Relaxed) as usize;
+            let pending_bytes = group.in_flight_bytes.load(Ordering::Relaxed);
+            let over = {
+                let inner = self.inner.lock();
+                self.over_limit(&inner.ready, 1 + pending, len + pending_bytes)
+            };
+            if over {
+                return Enqueued::Rejected;
+            }
+        }
+        let qm = QueuedMessage {
+            seq: 0,
+            deadline: self.deadline_for(&msg, Instant::now()),
+            msg,
+            redelivered: false,
+            delivery_count: 0,
+            stored: None,
+        };
+        group.enqueue(qm);
+        Enqueued::Accepted
+    }
+
+    /// Messages the group committed: they join the queue.
+    pub fn enqueue_committed(self: &Arc<Self>, msgs: Vec<QueuedMessage>) {
+        let now = Instant::now();
+        let mut dead = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            if self.is_deleted() {
+                return;
+            }
+            for qm in msgs {
+                self.enqueue_locked(&mut inner, qm, now, &mut dead);
+            }
+        }
+        self.dead_letter(dead);
+    }
+
+    /// The group installed a snapshot from its leader: the ready messages are those.
+    pub fn replace_ready(self: &Arc<Self>, msgs: Vec<QueuedMessage>) {
+        {
+            let mut inner = self.inner.lock();
+            inner.ready.clear();
+            for qm in msgs {
+                inner.ready.push(qm);
+            }
+        }
+        self.dispatch();
+    }
+
+    /// What a publisher confirm for a message just published here must wait for: the
+    /// group applying the latest ticket (quorum queues only).
+    pub fn confirm_ticket(&self) -> Option<(Arc<std::sync::atomic::AtomicU64>, u64)> {
+        self.quorum
+            .as_ref()
+            .map(|g| (g.committed.clone(), g.last_ticket()))
     }
 
     /// Deliver ready messages to consumers that have room.
@@ -353,6 +472,9 @@ impl Queue {
             }
             let mut earliest: Option<Instant> = None;
             for mut qm in msgs {
+                if let Some(g) = &self.quorum {
+                    g.returned(qm.seq);
+                }
                 qm.redelivered = true;
                 qm.delivery_count = qm.delivery_count.saturating_add(1);
                 if let Some(limit) = self.args.load().delivery_limit {
@@ -471,6 +593,12 @@ impl Queue {
 
     /// Drop all ready messages; returns how many.
     pub fn purge(&self) -> u32 {
+        if let Some(g) = &self.quorum {
+            let seqs = self.inner.lock().ready.clear_seqs();
+            let n = seqs.len();
+            g.settle_all(seqs);
+            return n as u32;
+        }
         let (n, stored) = self.inner.lock().ready.clear();
         self.forget_all(stored);
         n as u32
@@ -494,6 +622,9 @@ impl Queue {
 
     /// A message left the queue for good (acked, dead-lettered, dropped): remove its record.
     pub fn forget(&self, qm: &QueuedMessage) {
+        if let Some(g) = &self.quorum {
+            g.settle(qm.seq);
+        }
         if let (Some(store), Some(loc)) = (&self.store, qm.stored) {
             store.remove_message(loc);
         }
@@ -502,6 +633,9 @@ impl Queue {
     /// A stored message goes out unacked: remember it, so that after a restart it comes
     /// back flagged redelivered (and only then) with its delivery count.
     pub fn mark_delivered(&self, qm: &QueuedMessage) {
+        if let Some(g) = &self.quorum {
+            g.delivered(qm.seq);
+        }
         if let (Some(store), Some(loc)) = (&self.store, qm.stored) {
             store.mark_delivered(loc);
         }
@@ -549,6 +683,9 @@ impl Queue {
         let (n, stored) = inner.ready.clear();
         let n = n as u32;
         self.forget_all(stored);
+        if let Some(g) = &self.quorum {
+            g.delete();
+        }
         let consumers = std::mem::take(&mut inner.consumers);
         for c in &consumers {
             c.active.store(false, Ordering::Release);

@@ -80,6 +80,8 @@ pub struct Pager {
 pub struct ReadyList {
     /// Index = effective priority.
     levels: Vec<VecDeque<Slot>>,
+    /// Quorum queues: two levels, priority above 4 is high (RabbitMQ 4).
+    two_level: bool,
     pager: Option<Pager>,
     /// Body bytes of the messages held in memory.
     mem_bytes: u64,
@@ -98,6 +100,7 @@ impl ReadyList {
             levels: (0..=max_priority as usize)
                 .map(|_| VecDeque::new())
                 .collect(),
+            two_level: false,
             pager,
             mem_bytes: 0,
             len: 0,
@@ -105,6 +108,13 @@ impl ReadyList {
             deadlines: BTreeSet::new(),
             tombstones: HashSet::new(),
         }
+    }
+
+    /// A quorum queue's: normal and high priority (above 4), no `x-max-priority` needed.
+    pub fn two_levels() -> Self {
+        let mut r = ReadyList::new(1, None);
+        r.two_level = true;
+        r
     }
 
     pub fn len(&self) -> usize {
@@ -120,6 +130,9 @@ impl ReadyList {
     }
 
     fn level_of(&self, qm: &QueuedMessage) -> u8 {
+        if self.two_level {
+            return (qm.msg.priority() > 4) as u8;
+        }
         let max = (self.levels.len() - 1) as u8;
         qm.msg.priority().min(max)
     }
@@ -307,6 +320,20 @@ impl ReadyList {
             }
         }
         next
+    }
+
+    /// Remove everything; returns the seqs of the live messages (a queue without paging).
+    pub fn clear_seqs(&mut self) -> Vec<u64> {
+        let mut seqs = Vec::with_capacity(self.len);
+        for fifo in &self.levels {
+            seqs.extend(
+                fifo.iter()
+                    .map(|s| s.seq())
+                    .filter(|q| !self.tombstones.contains(q)),
+            );
+        }
+        self.clear();
+        seqs
     }
 
     /// Remove everything; returns how many live messages there were and where the stored
