@@ -44,10 +44,25 @@ async fn connect(port: u16) -> Connection {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_confirmed_message() {
+    kill_9_rounds(FieldTable::default(), rounds()).await;
+}
+
+/// The same for a quorum queue: confirms go out once the group applied the entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_confirmed_message_of_a_quorum_queue() {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    kill_9_rounds(args, rounds().div_ceil(2)).await;
+}
+
+async fn kill_9_rounds(args: FieldTable, rounds: usize) {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = rand::rng();
     let mut total_confirmed = 0usize;
-    for round in 0..rounds() {
+    for round in 0..rounds {
         let port = free_port();
         let mut child = spawn_broker(dir.path(), port);
         let setup = connect(port).await;
@@ -56,7 +71,7 @@ async fn kill_9_loses_no_confirmed_message() {
             durable: true,
             ..Default::default()
         };
-        ch.queue_declare("crash".into(), durable, FieldTable::default())
+        ch.queue_declare("crash".into(), durable, args.clone())
             .await
             .unwrap();
 
@@ -131,7 +146,7 @@ async fn kill_9_loses_no_confirmed_message() {
         let ch = conn.create_channel().await.unwrap();
         // Redeclare, as a client would: if the broker died before anything was confirmed,
         // the declaration itself may not have reached the disk.
-        ch.queue_declare("crash".into(), durable, FieldTable::default())
+        ch.queue_declare("crash".into(), durable, args.clone())
             .await
             .unwrap();
         let mut recovered = HashSet::new();

@@ -74,6 +74,7 @@ impl Channel {
                 let name = self.queue_name(g.queue.as_str())?;
                 ctx.access.read_queue(&name)?;
                 let queue = ctx.vhost.queue(&name, ctx.conn.id)?;
+                queue.check_available()?;
                 if !queue.get(&self.shared, g.no_ack) {
                     self.send(ctx, AMQPClass::Basic(AMQPMethod::GetEmpty(b::GetEmpty {})));
                 }

@@ -65,6 +65,16 @@ pub struct QueueRow {
     /// Records of this queue lost to storage damage found at start (see the storage
     /// health check); not a RabbitMQ field.
     storage_lost_records: u64,
+    /// Quorum queues: the leader and members of the queue's Raft group, as RabbitMQ shows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leader: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    members: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    online: Option<Vec<String>>,
+    /// Quorum queues: Raft log entries kept since the last snapshot (not a RabbitMQ field).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raft_log_entries: Option<usize>,
 }
 
 impl Row for QueueRow {
@@ -112,8 +122,15 @@ pub fn queue_row(ctx: &Ctx, v: &VHost, q: &Queue) -> QueueRow {
         exclusive: q.spec.exclusive_owner.is_some(),
         arguments: table_to_json(&q.spec.arguments),
         node: ctx.node.clone(),
-        state: "running",
-        kind: "classic",
+        state: match &q.quorum {
+            Some(g) if g.damaged.is_some() => "down",
+            _ => "running",
+        },
+        kind: if q.quorum.is_some() {
+            "quorum"
+        } else {
+            "classic"
+        },
         consumers,
         messages: ready + unacked,
         messages_details: Rate::of(depth.ready_rate + depth.unacked_rate),
@@ -131,6 +148,19 @@ pub fn queue_row(ctx: &Ctx, v: &VHost, q: &Queue) -> QueueRow {
             (Some(store), Some(id)) => store.lost_records(id),
             _ => 0,
         },
+        leader: q
+            .quorum
+            .as_ref()
+            .map(|g| g.leader().map_or_else(String::new, |_| ctx.node.clone())),
+        members: q.quorum.as_ref().map(|_| vec![ctx.node.clone()]),
+        online: q.quorum.as_ref().map(|g| {
+            if g.damaged.is_some() {
+                Vec::new()
+            } else {
+                vec![ctx.node.clone()]
+            }
+        }),
+        raft_log_entries: q.quorum.as_ref().map(|g| g.log_entries()),
     }
 }
 

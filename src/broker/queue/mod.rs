@@ -506,6 +506,18 @@ impl Queue {
         );
     }
 
+    /// A quorum queue whose log was found damaged refuses work (every other queue serves).
+    pub fn check_available(&self) -> AmqpResult<()> {
+        match self.quorum.as_ref().and_then(|g| g.damaged.as_ref()) {
+            Some(why) => Err(AmqpError::not_found(format!(
+                "queue '{}' in vhost '{}' is down or inaccessible: {why}",
+                self.name(),
+                self.vhost_name
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Register a consumer (checking exclusivity) and start delivering to it.
     /// `on_added` runs under the queue lock before the first delivery (it sends consume-ok,
     /// which must precede any basic.deliver).
@@ -514,6 +526,7 @@ impl Queue {
         consumer: Arc<Consumer>,
         on_added: impl FnOnce(),
     ) -> AmqpResult<()> {
+        self.check_available()?;
         let mut dead = Vec::new();
         {
             let mut inner = self.inner.lock();

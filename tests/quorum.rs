@@ -1,0 +1,537 @@
+//! Quorum queues through a real client: declaration checks with RabbitMQ 3.10.8's texts,
+//! confirms after the group applied, delivery counts and the delivery limit, two priority
+//! levels, max-length, restarts (clean and with snapshots), damage to the group's log.
+
+mod common;
+use common::http::api;
+use common::*;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+use std::time::Duration;
+
+fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    t.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    for (k, v) in extra {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+async fn declare_quorum(ch: &lapin::Channel, name: &str, extra: &[(&str, AMQPValue)]) {
+    within(
+        "queue.declare",
+        ch.queue_declare(name.into(), durable(), quorum_args(extra)),
+    )
+    .await
+    .expect("quorum queue declared");
+}
+
+async fn confirmed(ch: &lapin::Channel, q: &str, body: &[u8], props: BasicProperties) -> bool {
+    let c = within(
+        "publish",
+        ch.basic_publish(
+            "".into(),
+            q.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        ),
+    )
+    .await
+    .expect("publish");
+    within("confirm", c).await.expect("confirm").is_ack()
+}
+
+async fn get(ch: &lapin::Channel, q: &str) -> Option<lapin::message::BasicGetMessage> {
+    within(
+        "basic.get",
+        ch.basic_get(q.into(), BasicGetOptions { no_ack: false }),
+    )
+    .await
+    .expect("basic.get")
+}
+
+fn delivery_count(m: &lapin::message::BasicGetMessage) -> Option<i64> {
+    let h = m.delivery.properties.headers().as_ref()?;
+    match h.inner().get("x-delivery-count")? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(*n as i64),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn declarations_are_checked_with_rabbitmqs_texts() {
+    let b = start_broker().await;
+    let conn = connect(&b).await;
+    let q = "PRECONDITION_FAILED - ";
+    let cases: Vec<(&str, QueueDeclareOptions, FieldTable, String)> = vec![
+        (
+            "nd",
+            QueueDeclareOptions::default(),
+            quorum_args(&[]),
+            format!("{q}invalid property 'non-durable' for queue 'nd' in vhost '/'"),
+        ),
+        (
+            "ex",
+            QueueDeclareOptions {
+                durable: true,
+                exclusive: true,
+                ..Default::default()
+            },
+            quorum_args(&[]),
+            format!("{q}invalid property 'exclusive-owner' for queue 'ex' in vhost '/'"),
+        ),
+        (
+            "ad",
+            QueueDeclareOptions {
+                durable: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            quorum_args(&[]),
+            format!("{q}invalid property 'auto-delete' for queue 'ad' in vhost '/'"),
+        ),
+        (
+            "pr",
+            durable(),
+            quorum_args(&[("x-max-priority", AMQPValue::LongInt(5))]),
+            format!("{q}invalid arg 'x-max-priority' for queue 'pr' in vhost '/' of queue type rabbit_quorum_queue"),
+        ),
+        (
+            "lz",
+            durable(),
+            quorum_args(&[("x-queue-mode", AMQPValue::LongString("lazy".into()))]),
+            format!("{q}invalid arg 'x-queue-mode' for queue 'lz' in vhost '/' of queue type rabbit_quorum_queue"),
+        ),
+        (
+            "gs",
+            durable(),
+            quorum_args(&[("x-quorum-initial-group-size", AMQPValue::LongInt(0))]),
+            format!("{q}invalid arg 'x-quorum-initial-group-size' for queue 'gs' in vhost '/': {{value_zero,0}}"),
+        ),
+        (
+            "ll",
+            durable(),
+            quorum_args(&[("x-queue-leader-locator", AMQPValue::LongString("x".into()))]),
+            format!("{q}invalid arg 'x-queue-leader-locator' for queue 'll' in vhost '/': invalid_queue_locator_arg"),
+        ),
+        (
+            "ds",
+            durable(),
+            quorum_args(&[("x-dead-letter-strategy", AMQPValue::LongString("bad".into()))]),
+            format!("{q}invalid arg 'x-dead-letter-strategy' for queue 'ds' in vhost '/': invalid_dlx_strategy"),
+        ),
+        (
+            "ml",
+            durable(),
+            quorum_args(&[("x-max-length", AMQPValue::LongInt(-1))]),
+            format!("{q}invalid arg 'x-max-length' for queue 'ml' in vhost '/': {{value_negative,-1}}"),
+        ),
+    ];
+    for (name, opts, args, want) in cases {
+        let ch = channel(&conn).await;
+        let (code, text) =
+            failure(within("queue.declare", ch.queue_declare(name.into(), opts, args)).await);
+        assert_eq!((code, text.as_str()), (406, want.as_str()), "queue {name}");
+    }
+    // Accepted as RabbitMQ accepts them.
+    let ch = channel(&conn).await;
+    declare_quorum(
+        &ch,
+        "ok",
+        &[
+            (
+                "x-queue-leader-locator",
+                AMQPValue::LongString("balanced".into()),
+            ),
+            ("x-quorum-initial-group-size", AMQPValue::LongInt(3)),
+            (
+                "x-dead-letter-strategy",
+                AMQPValue::LongString("at-most-once".into()),
+            ),
+            ("x-delivery-limit", AMQPValue::LongInt(-1)),
+        ],
+    )
+    .await;
+    // Redeclared as another type: inequivalent, worded as RabbitMQ does.
+    let mut classic = FieldTable::default();
+    classic.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("classic".into()),
+    );
+    let (code, text) = failure(
+        within(
+            "queue.declare",
+            ch.queue_declare("ok".into(), durable(), classic.clone()),
+        )
+        .await,
+    );
+    assert_eq!(code, 406);
+    assert_eq!(text, format!("{q}inequivalent arg 'x-queue-type' for queue 'ok' in vhost '/': received 'classic' but current is 'quorum'"));
+    let ch = channel(&conn).await;
+    let (_, text) = failure(
+        within(
+            "queue.declare",
+            ch.queue_declare("ok".into(), durable(), FieldTable::default()),
+        )
+        .await,
+    );
+    assert_eq!(text, format!("{q}inequivalent arg 'x-queue-type' for queue 'ok' in vhost '/': received none but current is the value 'quorum' of type 'longstr'"));
+    // A classic queue redeclared with x-queue-type classic is the same queue.
+    let ch = channel(&conn).await;
+    declare_durable(&ch, "cq").await;
+    within(
+        "queue.declare",
+        ch.queue_declare("cq".into(), durable(), classic),
+    )
+    .await
+    .expect("classic is the default type");
+
+    let q = api(&b).ok("/api/queues/%2f/ok").await;
+    assert_eq!(q["type"], "quorum", "{q}");
+    assert_eq!(q["durable"], true);
+    let node = q["node"].clone();
+    assert_eq!(q["members"], serde_json::json!([node.clone()]), "{q}");
+    assert_eq!(q["online"], serde_json::json!([node.clone()]), "{q}");
+    // The leader is known once the group elected itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let q = api(&b).ok("/api/queues/%2f/ok").await;
+        if q["leader"] == node {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no leader: {q}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(api(&b).ok("/api/queues/%2f/cq").await["type"], "classic");
+}
+
+#[tokio::test]
+async fn confirmed_messages_are_delivered_counted_and_redelivered_with_their_count() {
+    let b = start_broker().await;
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    declare_quorum(&ch, "jobs", &[]).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    // Transient messages too: a quorum queue keeps everything in its log.
+    for i in 0..20u8 {
+        assert!(confirmed(&ch, "jobs", &[i], BasicProperties::default()).await);
+    }
+    assert_eq!(ready_count(&ch, "jobs").await, 20);
+    let m = get(&ch, "jobs").await.expect("a message");
+    assert_eq!(m.delivery.data, [0]);
+    assert!(!m.delivery.redelivered);
+    within(
+        "nack",
+        m.delivery.nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
+    let m = get(&ch, "jobs").await.expect("the returned message");
+    assert_eq!(m.delivery.data, [0], "back in its place");
+    assert!(m.delivery.redelivered);
+    assert_eq!(delivery_count(&m), Some(1));
+    within("ack", m.delivery.ack(BasicAckOptions::default()))
+        .await
+        .unwrap();
+    // A consumer gets the rest in order.
+    let mut c = within(
+        "consume",
+        ch.basic_consume(
+            "jobs".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    for i in 1..20u8 {
+        let d = next(&mut c).await;
+        assert_eq!(d.data, [i]);
+        within("ack", d.ack(BasicAckOptions::default()))
+            .await
+            .unwrap();
+    }
+    let q = api(&b).ok("/api/queues/%2f/jobs").await;
+    assert_eq!(q["messages_ready"], 0, "{q}");
+}
+
+/// Reject-requeue until the limit: the message is dead-lettered with reason
+/// `delivery_limit`. `limit` None checks RabbitMQ 4's default of 20.
+async fn poison(limit: Option<i64>) {
+    let b = start_broker().await;
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    declare(&ch, "dlq").await;
+    let mut extra = vec![
+        ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
+        (
+            "x-dead-letter-routing-key",
+            AMQPValue::LongString("dlq".into()),
+        ),
+    ];
+    if let Some(l) = limit {
+        extra.push(("x-delivery-limit", AMQPValue::LongInt(l as i32)));
+    }
+    declare_quorum(&ch, "work", &extra).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    assert!(confirmed(&ch, "work", b"poison", BasicProperties::default()).await);
+    let limit = limit.unwrap_or(20);
+    for round in 0..=limit {
+        let m = get(&ch, "work")
+            .await
+            .unwrap_or_else(|| panic!("round {round}"));
+        if round > 0 {
+            assert_eq!(delivery_count(&m), Some(round));
+        }
+        within(
+            "reject",
+            m.delivery.reject(BasicRejectOptions { requeue: true }),
+        )
+        .await
+        .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let dead = loop {
+        if let Some(m) = get(&ch, "dlq").await {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(dead.delivery.data, b"poison");
+    let headers = dead.delivery.properties.headers().clone().unwrap();
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
+        panic!("no x-death: {headers:?}")
+    };
+    let AMQPValue::FieldTable(first) = &deaths.as_slice()[0] else {
+        panic!("x-death entry")
+    };
+    assert_eq!(
+        first.inner().get("reason"),
+        Some(&AMQPValue::LongString("delivery_limit".into()))
+    );
+    assert_eq!(
+        first.inner().get("queue"),
+        Some(&AMQPValue::LongString("work".into()))
+    );
+    assert!(get(&ch, "work").await.is_none());
+}
+
+#[tokio::test]
+async fn the_delivery_limit_dead_letters_with_reason_delivery_limit() {
+    poison(Some(2)).await;
+}
+
+#[tokio::test]
+async fn the_default_delivery_limit_is_twenty() {
+    poison(None).await;
+}
+
+#[tokio::test]
+async fn priorities_above_four_come_first_and_max_length_rejects_publishes() {
+    let b = start_broker().await;
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    declare_quorum(&ch, "prio", &[]).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for p in [1u8, 9, 3, 5, 0, 4] {
+        let props = BasicProperties::default().with_priority(p);
+        assert!(confirmed(&ch, "prio", &[p], props).await);
+    }
+    let mut order = Vec::new();
+    while let Some(m) = get(&ch, "prio").await {
+        order.push(m.delivery.data[0]);
+        m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    assert_eq!(
+        order,
+        [9, 5, 1, 3, 0, 4],
+        "high (above 4) first, FIFO within"
+    );
+
+    declare_quorum(
+        &ch,
+        "small",
+        &[
+            ("x-max-length", AMQPValue::LongInt(2)),
+            ("x-overflow", AMQPValue::LongString("reject-publish".into())),
+        ],
+    )
+    .await;
+    let acks: Vec<bool> = {
+        let mut v = Vec::new();
+        for i in 0..3u8 {
+            v.push(confirmed(&ch, "small", &[i], BasicProperties::default()).await);
+        }
+        v
+    };
+    assert_eq!(acks, [true, true, false], "the third publish is nacked");
+    assert_eq!(ready_count(&ch, "small").await, 2);
+}
+
+#[tokio::test]
+async fn messages_and_delivery_counts_survive_restarts_and_snapshots() {
+    let mut b = start_broker().await;
+    {
+        let conn = connect(&b).await;
+        let ch = channel(&conn).await;
+        declare_quorum(&ch, "kept", &[("x-delivery-limit", AMQPValue::LongInt(5))]).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        // More rounds than a snapshot interval: one confirmed publish per round, most
+        // acked again, so the log is purged behind a snapshot.
+        let rounds = 2300u32;
+        for i in 0..rounds {
+            assert!(confirmed(&ch, "kept", &i.to_be_bytes(), BasicProperties::default()).await);
+        }
+        for _ in 0..rounds - 10 {
+            let m = get(&ch, "kept").await.unwrap();
+            m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+        }
+        // One returned twice: its count must survive.
+        for _ in 0..2 {
+            let m = get(&ch, "kept").await.unwrap();
+            m.delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let q = api(&b).ok("/api/queues/%2f/kept").await;
+            let kept = q["raft_log_entries"].as_u64().unwrap();
+            if kept < 2048 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "log never purged: {q}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = conn.close(200, "bye".into()).await;
+    }
+    b.stop().await;
+    let dir = b.dir;
+    let snaps: Vec<_> = std::fs::read_dir(dir.path().join("quorum/snapshots"))
+        .unwrap()
+        .collect();
+    assert_eq!(snaps.len(), 1, "one snapshot of the one group");
+    let b = start_broker_with(test_config(dir.path()), dir).await;
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    assert_eq!(ready_count(&ch, "kept").await, 10);
+    let first = get(&ch, "kept").await.unwrap();
+    assert_eq!(first.delivery.data, (2290u32).to_be_bytes());
+    assert!(first.delivery.redelivered);
+    // Two returns before the restart: this is its third delivery.
+    first
+        .delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let again = get(&ch, "kept").await.unwrap();
+    assert_eq!(again.delivery.data, (2290u32).to_be_bytes());
+    assert_eq!(delivery_count(&again), Some(3));
+}
+
+#[tokio::test]
+async fn a_damaged_group_log_is_reported_and_only_that_queue_refuses_work() {
+    let mut b = start_broker().await;
+    {
+        let conn = connect(&b).await;
+        let ch = channel(&conn).await;
+        declare_quorum(&ch, "hurt", &[]).await;
+        declare_quorum(&ch, "fine", &[]).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        for i in 0..20u8 {
+            let body = [b'H', i, 0xAB, 0xCD];
+            assert!(confirmed(&ch, "hurt", &body, BasicProperties::default()).await);
+        }
+        assert!(confirmed(&ch, "fine", b"ok", BasicProperties::default()).await);
+        let _ = conn.close(200, "bye".into()).await;
+    }
+    b.stop().await;
+    let dir = b.dir;
+    // Flip a byte inside one of "hurt"'s message bodies in the log.
+    let qdir = dir.path().join("quorum");
+    let mut hit = false;
+    for e in std::fs::read_dir(&qdir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "rlog") {
+            let mut raw = std::fs::read(&path).unwrap();
+            if let Some(at) = raw.windows(4).position(|w| w == [b'H', 7, 0xAB, 0xCD]) {
+                raw[at + 2] ^= 0xFF;
+                std::fs::write(&path, raw).unwrap();
+                hit = true;
+            }
+        }
+    }
+    assert!(hit, "the message was in the log");
+    let b = start_broker_with(test_config(dir.path()), dir).await;
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    assert_eq!(ready_count(&ch, "fine").await, 1, "the other queue serves");
+    let (code, text) = failure(
+        within(
+            "basic.get",
+            ch.basic_get("hurt".into(), BasicGetOptions::default()),
+        )
+        .await,
+    );
+    assert_eq!(code, 404, "{text}");
+    assert!(text.contains("down or inaccessible"), "{text}");
+    let (status, health) = api(&b).get("/api/health/checks/storage").await;
+    assert_eq!(status, 503, "{health}");
+    assert!(health.to_string().contains("raft_log"), "{health}");
+    let q = api(&b).ok("/api/queues/%2f/hurt").await;
+    assert_eq!(q["state"], "down", "{q}");
+    assert_eq!(q["online"], serde_json::json!([]), "{q}");
+    let ch = channel(&conn).await;
+    let (code, _) = failure(
+        within(
+            "basic.consume",
+            ch.basic_consume(
+                "hurt".into(),
+                "c".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await,
+    );
+    assert_eq!(code, 404);
+}
