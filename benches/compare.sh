@@ -220,6 +220,7 @@ scenario_title() {
         a) echo "(a) 16 B, 1 pub -> 1 cons, no-ack" ;;
         b) echo "(b) 1 KB, 1 pub -> 1 cons, manual ack every 100, prefetch 1000" ;;
         c) echo "(c) 1 KB persistent, durable queue, confirms (window 1000)" ;;
+        q) echo "(q) as (c) on a quorum queue" ;;
         d) echo "(d) 1 KB fanout, 1 pub -> 4 queues x 1 cons" ;;
         e) echo "(e) 256 B at fixed 10k msg/s, latency" ;;
         f) echo "(f) 100 queues, 100 pubs, 100 cons, 16 B, no-ack" ;;
@@ -232,6 +233,7 @@ scenario_args() {
         a) echo "--publishers 1 --consumers 1 --size 16 --auto-ack" ;;
         b) echo "--publishers 1 --consumers 1 --size 1024 --prefetch 1000 --multi-ack-every 100" ;;
         c) echo "--publishers 1 --consumers 1 --size 1024 --persistent --durable-queue --confirm 1000 --prefetch 1000 --multi-ack-every 100" ;;
+        q) echo "--publishers 1 --consumers 1 --size 1024 --persistent --durable-queue --queue-args x-queue-type=quorum --confirm 1000 --prefetch 1000 --multi-ack-every 100" ;;
         d) echo "--publishers 1 --consumers 4 --size 1024 --fanout-queues 4 --prefetch 1000 --multi-ack-every 100" ;;
         e) echo "--publishers 1 --consumers 1 --size 256 --rate 10000 --prefetch 1000 --multi-ack-every 100" ;;
         f) echo "--publishers 100 --consumers 100 --queues 100 --size 16 --auto-ack --pipeline 32" ;;
@@ -242,7 +244,7 @@ scenario_metrics() {
     case "$1" in
         a|b|d) echo "consume_rate" ;;
         f) echo "consume_rate" ;;
-        c) echo "confirm_rate consume_rate" ;;
+        c|q) echo "confirm_rate consume_rate" ;;
         e) echo "lat_p50 lat_p99 consume_rate" ;;
         g) echo "rss_per_conn_kb" ;;
     esac
@@ -323,10 +325,13 @@ run_one() {
     wait_idle "$pid"
     out="$WORK/$sc-$broker-$run.json"
     # A fresh, named queue per run; the generator deletes it at the end, and it is
-    # auto-delete in case the broker is too busy to answer the delete in time.
-    # shellcheck disable=SC2046
+    # auto-delete in case the broker is too busy to answer the delete in time (not quorum
+    # queues, which cannot be auto-delete).
+    local ad="--auto-delete"
+    [ "$sc" = q ] && ad=""
+    # shellcheck disable=SC2046,SC2086
     timeout $(( DURATION + 90 )) "$LOADGEN" --uri "$uri" --duration "$DURATION" --json --quiet \
-        --queue "bench-$sc-$run-$$" --auto-delete $(scenario_args "$sc") \
+        --queue "bench-$sc-$run-$$" $ad $(scenario_args "$sc") \
         > "$out" 2> "$WORK/$sc-$broker-$run.err" &
     local gpid=$! b0 g0 t0 b1 g1 t1 rc=0
     if [ "$DURATION" -ge 3 ]; then
