@@ -535,3 +535,75 @@ async fn a_damaged_group_log_is_reported_and_only_that_queue_refuses_work() {
     );
     assert_eq!(code, 404);
 }
+
+#[tokio::test]
+async fn tx_commit_ok_comes_once_the_group_applied_the_commit() {
+    let b = start_broker().await;
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    declare_quorum(&ch, "txq", &[]).await;
+    within("tx.select", ch.tx_select()).await.unwrap();
+    for round in 0..3u8 {
+        for i in 0..5u8 {
+            within(
+                "publish",
+                ch.basic_publish(
+                    "".into(),
+                    "txq".into(),
+                    BasicPublishOptions::default(),
+                    &[round, i],
+                    BasicProperties::default(),
+                ),
+            )
+            .await
+            .unwrap();
+        }
+        within("tx.commit", ch.tx_commit()).await.unwrap();
+        // commit-ok means applied: the messages are ready at once.
+        assert_eq!(ready_count(&ch, "txq").await, 5 * (round as u32 + 1));
+    }
+    within("tx.rollback", ch.tx_rollback()).await.unwrap();
+}
+
+/// Acks and returns still waiting for the next round when the broker stops cleanly are
+/// written before the group stops: acked messages do not come back.
+#[tokio::test]
+async fn a_clean_stop_writes_the_last_round() {
+    let mut b = start_broker().await;
+    {
+        let conn = connect(&b).await;
+        let ch = channel(&conn).await;
+        declare_quorum(&ch, "last", &[]).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        for i in 0..50u8 {
+            assert!(confirmed(&ch, "last", &[i], BasicProperties::default()).await);
+        }
+        let mut c = within(
+            "consume",
+            ch.basic_consume(
+                "last".into(),
+                "c".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .unwrap();
+        for _ in 0..40 {
+            let d = next(&mut c).await;
+            within("ack", d.ack(BasicAckOptions::default()))
+                .await
+                .unwrap();
+        }
+        // Round trip: the broker has read every ack.
+        ready_count(&ch, "last").await;
+    }
+    b.stop().await;
+    let dir = b.dir;
+    let b = start_broker_with(test_config(dir.path()), dir).await;
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    assert_eq!(ready_count(&ch, "last").await, 10);
+}

@@ -23,7 +23,6 @@ use crate::raft::storage::LogStore;
 use crate::raft::{
     codec, Entry, LogId, QueueCommand, Raft, StorageError, StoredMembership, TypeConfig, THIS_NODE,
 };
-use crate::store::messages;
 use bytes::{Buf, BufMut};
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
@@ -104,11 +103,7 @@ impl Machine {
         for (id, h) in &self.messages {
             body.put_u64(*id);
             body.put_u8(h.delivered as u8);
-            let at = body.len();
-            body.put_u32(0);
-            messages::encode_into(&h.qm, &mut body);
-            let len = (body.len() - at - 4) as u32;
-            body[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            codec::put_message(&mut body, &h.qm);
         }
         let mut out = Vec::with_capacity(body.len() + 20);
         out.extend_from_slice(SNAPSHOT_MAGIC);
@@ -138,14 +133,12 @@ impl Machine {
         let n = b.get_u64();
         let mut messages = BTreeMap::new();
         for _ in 0..n {
-            if b.len() < 13 {
+            if b.len() < 9 {
                 return None;
             }
             let id = b.get_u64();
             let delivered = b.get_u8() == 1;
-            let len = b.get_u32() as usize;
-            let qm = messages::decode(id, b.get(..len)?)?;
-            b.advance(len);
+            let qm = codec::get_message(&mut b, id)?;
             messages.insert(id, Held { qm, delivered });
         }
         Some(Machine {
@@ -168,6 +161,9 @@ impl Machine {
     }
 }
 
+/// What openraft answers a proposed round with.
+type RoundAnswer = <openraft::raft::responder::OneshotResponder<TypeConfig> as openraft::raft::responder::Responder<TypeConfig>>::Receiver;
+
 /// A quorum queue's group: its state machine, proposer and confirm tickets.
 pub struct Quorum {
     pub group: u64,
@@ -184,6 +180,10 @@ pub struct Quorum {
     pub in_flight_bytes: AtomicU64,
     raft: OnceLock<Raft>,
     closed: AtomicBool,
+    /// Closed because the queue was deleted: what is pending is dropped, not written.
+    deleted: AtomicBool,
+    /// The group's task (Raft node and proposer), awaited at shutdown.
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Set when the group's log or snapshot was found damaged: the queue refuses work.
     pub damaged: Option<String>,
     /// A group made just now (initialised when its task starts).
@@ -264,6 +264,8 @@ impl Quorum {
             in_flight_bytes: AtomicU64::new(0),
             raft: OnceLock::new(),
             closed: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
+            task: Mutex::new(None),
             damaged,
             fresh,
             log,
@@ -279,11 +281,12 @@ impl Quorum {
         }
         let q = self.clone();
         let name = name.to_string();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = q.run(&name).await {
                 tracing::error!(queue = %name, error = %e, "quorum queue group stopped");
             }
         });
+        *self.task.lock() = Some(task);
     }
 
     async fn run(self: Arc<Self>, name: &str) -> Result<(), String> {
@@ -321,6 +324,7 @@ impl Quorum {
             }
             let cmd = loop {
                 if self.closed.load(Ordering::Acquire) {
+                    self.drain(&raft, in_flight).await;
                     let _ = raft.shutdown().await;
                     return Ok(());
                 }
@@ -341,6 +345,23 @@ impl Quorum {
                     return Err(e.to_string());
                 }
             }
+        }
+    }
+
+    /// A clean stop: the last round (acks, returns, publishes not yet proposed) is written
+    /// and every round in flight answered before the group stops. A deleted queue's
+    /// pending work is dropped.
+    async fn drain(&self, raft: &Raft, mut in_flight: std::collections::VecDeque<RoundAnswer>) {
+        if !self.deleted.load(Ordering::Acquire) {
+            let cmd = std::mem::take(&mut *self.pending.lock());
+            if !cmd.is_empty() {
+                if let Ok(rx) = raft.client_write_ff(cmd).await {
+                    in_flight.push_back(rx);
+                }
+            }
+        }
+        for rx in in_flight {
+            let _ = rx.await;
         }
     }
 
@@ -387,24 +408,37 @@ impl Quorum {
         self.with_pending(|p| p.delivered.push(id));
     }
 
-    /// Stop the group (broker shutdown): what is proposed is written first.
+    /// Stop the group (broker shutdown): what is pending is written first.
     pub async fn shutdown(&self) {
         self.closed.store(true, Ordering::Release);
         self.wake.notify_one();
-        if let Some(raft) = self.raft.get() {
-            let _ = raft.shutdown().await;
+        self.join().await;
+    }
+
+    /// Wait (bounded) for the group's task to end.
+    async fn join(&self) {
+        let task = self.task.lock().take();
+        if let Some(task) = task {
+            if tokio::time::timeout(std::time::Duration::from_secs(10), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    group = self.group,
+                    "quorum queue group did not stop in time"
+                );
+            }
         }
     }
 
     /// The queue is deleted: stop the group and drop its log and snapshot.
     pub fn delete(self: &Arc<Self>) {
+        self.deleted.store(true, Ordering::Release);
         self.closed.store(true, Ordering::Release);
         self.wake.notify_one();
         let q = self.clone();
         tokio::spawn(async move {
-            if let Some(raft) = q.raft.get() {
-                let _ = raft.shutdown().await;
-            }
+            q.join().await;
             q.node.log.drop_group(q.group);
             let _ = std::fs::remove_file(q.node.snapshot_path(q.group));
         });
