@@ -81,16 +81,8 @@ impl Broker {
         broker.recover_messages(&store)?;
         if let Some(node) = store.quorum() {
             // Groups of queues deleted while their segments were still needed.
-            let claimed: std::collections::HashSet<u64> = broker
-                .vhosts
-                .iter()
-                .flat_map(|v| {
-                    v.queues
-                        .iter()
-                        .filter_map(|q| q.quorum.as_ref().map(|g| g.group))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
+            let claimed: std::collections::HashSet<u64> =
+                broker.quorum_groups().iter().map(|g| g.group).collect();
             node.log.retain_groups(|g| claimed.contains(&g));
         }
         store.start_flusher();
@@ -214,18 +206,17 @@ impl Broker {
 
     /// Stop every quorum queue's group (clean shutdown): proposed rounds are written first.
     pub async fn stop_quorum_groups(&self) {
-        let groups: Vec<_> = self
-            .vhosts
-            .iter()
-            .flat_map(|v| {
-                v.queues
-                    .iter()
-                    .filter_map(|q| q.quorum.clone())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        for g in groups {
+        for g in self.quorum_groups() {
             g.shutdown().await;
         }
+    }
+
+    /// The groups of every quorum queue of every vhost.
+    fn quorum_groups(&self) -> Vec<Arc<queue::quorum::Quorum>> {
+        let mut out = Vec::new();
+        for v in self.vhosts.iter() {
+            out.extend(v.queues.iter().filter_map(|q| q.quorum.clone()));
+        }
+        out
     }
 }

@@ -12,6 +12,7 @@
 //! ```
 
 use super::{Entry, LogId, Membership, NodeId, QueueCommand, Vote};
+use crate::broker::message::QueuedMessage;
 use crate::store::messages;
 use bytes::{Buf, BufMut};
 use openraft::{BasicNode, CommittedLeaderId, EntryPayload};
@@ -104,6 +105,22 @@ fn get_ids(b: &mut &[u8]) -> Option<Vec<u64>> {
     Some((0..n).map(|_| b.get_u64()).collect())
 }
 
+/// A message as the classic store encodes it, length first.
+pub fn put_message(b: &mut Vec<u8>, qm: &QueuedMessage) {
+    let at = b.len();
+    b.put_u32(0);
+    messages::encode_into(qm, b);
+    let len = (b.len() - at - 4) as u32;
+    b[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+pub fn get_message(b: &mut &[u8], seq: u64) -> Option<QueuedMessage> {
+    let len = get_u32(b)? as usize;
+    let qm = messages::decode(seq, b.get(..len)?)?;
+    b.advance(len);
+    Some(qm)
+}
+
 pub fn put_membership(b: &mut Vec<u8>, m: &Membership) {
     let configs = m.get_joint_config();
     b.put_u32(configs.len() as u32);
@@ -159,11 +176,7 @@ pub fn encode_entry(e: &Entry, b: &mut Vec<u8>) {
             b.put_u64(c.ticket);
             b.put_u32(c.enqueue.len() as u32);
             for qm in &c.enqueue {
-                let at = b.len();
-                b.put_u32(0);
-                messages::encode_into(qm, b);
-                let len = (b.len() - at - 4) as u32;
-                b[at..at + 4].copy_from_slice(&len.to_be_bytes());
+                put_message(b, qm);
             }
             put_ids(b, &c.settle);
             put_ids(b, &c.returned);
@@ -190,9 +203,7 @@ pub fn decode_entry(raw: &[u8]) -> Option<Entry> {
             let n = get_u32(&mut b)? as usize;
             let mut enqueue = Vec::with_capacity(n.min(4096));
             for _ in 0..n {
-                let len = get_u32(&mut b)? as usize;
-                enqueue.push(messages::decode(0, b.get(..len)?)?);
-                b.advance(len);
+                enqueue.push(get_message(&mut b, 0)?);
             }
             EntryPayload::Normal(QueueCommand {
                 origin,
