@@ -356,7 +356,7 @@ impl Channel {
                     nack: routed.rejected,
                 });
             }
-            for w in routed.quorum {
+            for w in self.quorum_waits.drain(..) {
                 c.pending.push_back(super::PendingConfirm {
                     seq: c.last_seq,
                     epoch: 0,
@@ -365,6 +365,8 @@ impl Channel {
                 });
             }
         }
+        // Without confirms nothing waits for the quorum queues.
+        self.quorum_waits.clear();
         Ok(())
     }
 
@@ -386,7 +388,6 @@ impl Channel {
             return Routed {
                 rejected: false,
                 persisted: held.persisted,
-                quorum: Vec::new(),
             };
         }
         // The routing result buffer is reused across publishes to avoid an allocation each.
@@ -396,13 +397,12 @@ impl Channel {
         let mut delivered = false;
         let mut rejected = false;
         let mut persisted = false;
-        let mut quorum = Vec::new();
         for q in queues.drain(..) {
             match q.publish(msg.clone()) {
                 Enqueued::Accepted => {
                     delivered = true;
                     persisted |= q.persists(&msg);
-                    quorum.extend(q.confirm_ticket());
+                    self.quorum_waits.extend(q.confirm_ticket());
                 }
                 Enqueued::Rejected => {
                     delivered = true;
@@ -418,7 +418,6 @@ impl Channel {
         Routed {
             rejected,
             persisted,
-            quorum,
         }
     }
 
@@ -447,7 +446,6 @@ impl Channel {
         Routed {
             rejected: false,
             persisted: false,
-            quorum: Vec::new(),
         }
     }
 
@@ -472,8 +470,6 @@ pub(super) struct Routed {
     pub rejected: bool,
     /// A durable queue stored it: confirm only after the store flushed.
     pub persisted: bool,
-    /// Quorum queues took it: confirm only once each applied it.
-    pub quorum: Vec<super::QuorumWait>,
 }
 
 /// Ack (reject = None), or nack/reject with requeue, or without (dead-letter or drop).

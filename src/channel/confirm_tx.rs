@@ -74,9 +74,9 @@ impl Channel {
                 for p in publishes {
                     // An exchange deleted since the publish drops the message, as RabbitMQ does.
                     if let Ok(exchange) = ctx.vhost.exchange(&p.publish.exchange) {
-                        let routed = self.route_and_deliver(ctx, &exchange, &p.publish, p.msg);
-                        persisted |= routed.persisted;
-                        self.deferred_quorum.extend(routed.quorum);
+                        persisted |= self
+                            .route_and_deliver(ctx, &exchange, &p.publish, p.msg)
+                            .persisted;
                     }
                 }
                 for a in acks {
@@ -89,8 +89,9 @@ impl Channel {
                 if let (Some(store), true) = (&ctx.broker.store, persisted) {
                     self.deferred_commit = Some(store.write_epoch());
                 }
+                self.deferred_quorum.append(&mut self.quorum_waits);
                 if self.deferred_commit.is_some() || !self.deferred_quorum.is_empty() {
-                    self.commit_pending = true;
+                    self.commits_owed += 1;
                 } else {
                     self.send(
                         ctx,

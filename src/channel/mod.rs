@@ -80,9 +80,8 @@ struct PendingConfirm {
 /// A quorum queue's applied-ticket counter and the ticket to wait for.
 pub(crate) type QuorumWait = (Arc<std::sync::atomic::AtomicU64>, u64);
 
-fn quorum_done(w: &Option<QuorumWait>) -> bool {
-    w.as_ref()
-        .is_none_or(|(applied, t)| applied.load(Ordering::Acquire) >= *t)
+fn quorum_done((applied, ticket): &QuorumWait) -> bool {
+    applied.load(Ordering::Acquire) >= *ticket
 }
 
 impl Confirms {
@@ -139,8 +138,11 @@ pub struct Channel {
     pub deferred_commit: Option<u64>,
     /// tx.commit-ok also held until these quorum queues applied the commit's publishes.
     pub deferred_quorum: Vec<QuorumWait>,
-    /// A commit-ok is owed (sent once both waits are over).
-    pub commit_pending: bool,
+    /// tx.commit-oks owed, sent once both waits are over (a commit pipelined behind one
+    /// still waiting adds its waits and is answered with it, in order).
+    pub commits_owed: u32,
+    /// What the publish being routed must wait for in quorum queues (reused buffer).
+    quorum_waits: Vec<QuorumWait>,
     /// The direct reply-to consumer, if this channel has one (at most one per channel).
     reply: Option<Arc<crate::broker::reply_to::ReplyConsumer>>,
 }
@@ -158,7 +160,8 @@ impl Channel {
             route_buf: Vec::new(),
             deferred_commit: None,
             deferred_quorum: Vec::new(),
-            commit_pending: false,
+            commits_owed: 0,
+            quorum_waits: Vec::new(),
             reply: None,
         }
     }
@@ -265,10 +268,13 @@ impl Channel {
         };
         let shared = &self.shared;
         loop {
-            let front = c
-                .pending
-                .front()
-                .map(|p| (p.seq, p.epoch <= flushed && quorum_done(&p.quorum), p.nack));
+            let front = c.pending.front().map(|p| {
+                (
+                    p.seq,
+                    p.epoch <= flushed && p.quorum.as_ref().is_none_or(quorum_done),
+                    p.nack,
+                )
+            });
             match front {
                 Some((seq, true, nack)) => {
                     c.pending.pop_front();
@@ -329,8 +335,7 @@ impl Channel {
 
     /// The tx.commit-ok is due: every quorum queue it published to applied its messages.
     pub fn quorum_commit_done(&mut self) -> bool {
-        self.deferred_quorum
-            .retain(|w| !quorum_done(&Some(w.clone())));
+        self.deferred_quorum.retain(|w| !quorum_done(w));
         self.deferred_quorum.is_empty()
     }
 

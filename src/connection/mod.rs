@@ -337,14 +337,15 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     store.wait_flushed(epoch).await;
                 }
             }
-            if ch.commit_pending && ch.quorum_commit_done() {
-                ch.commit_pending = false;
-                self.shared.send(
-                    *id,
-                    AMQPClass::Tx(amq_protocol::protocol::tx::AMQPMethod::CommitOk(
-                        amq_protocol::protocol::tx::CommitOk {},
-                    )),
-                );
+            if ch.commits_owed > 0 && ch.quorum_commit_done() {
+                for _ in 0..std::mem::take(&mut ch.commits_owed) {
+                    self.shared.send(
+                        *id,
+                        AMQPClass::Tx(amq_protocol::protocol::tx::AMQPMethod::CommitOk(
+                            amq_protocol::protocol::tx::CommitOk {},
+                        )),
+                    );
+                }
             }
         }
         let flushed = store
