@@ -24,6 +24,26 @@ impl DeathReason {
             DeathReason::DeliveryLimit => "delivery_limit",
         }
     }
+
+    /// Its code in a quorum queue's log (at-least-once dead-lettering).
+    pub fn code(self) -> u8 {
+        match self {
+            DeathReason::Rejected => 0,
+            DeathReason::Expired => 1,
+            DeathReason::Maxlen => 2,
+            DeathReason::DeliveryLimit => 3,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            0 => DeathReason::Rejected,
+            1 => DeathReason::Expired,
+            2 => DeathReason::Maxlen,
+            3 => DeathReason::DeliveryLimit,
+            _ => return None,
+        })
+    }
 }
 
 fn longstr(s: &str) -> AMQPValue {
@@ -190,33 +210,66 @@ fn is_automatic_cycle(target: &str, msg: &Message) -> bool {
     seen_target
 }
 
-/// Republish messages that died in `queue` to its dead-letter exchange. A missing DLX
-/// drops them silently, as RabbitMQ does.
-pub fn dead_letter(vhost: &Arc<VHost>, queue: &Queue, dead: Vec<(QueuedMessage, DeathReason)>) {
+/// The copy of `msg` that leaves `queue` for its dead-letter exchange (x-death updated),
+/// or None when the queue has no dead-letter exchange.
+pub fn dead_message(queue: &Queue, msg: &Message, reason: DeathReason) -> Option<Arc<Message>> {
     let args = queue.args.load();
-    let Some(dlx) = args.dead_letter_exchange.as_deref() else {
-        return;
-    };
-    let Ok(exchange) = vhost.exchange(dlx) else {
-        return;
-    };
+    let dlx = args.dead_letter_exchange.as_deref()?;
     let dlrk = args.dead_letter_routing_key.as_deref();
+    Some(dead_lettered(msg, queue.name(), reason, dlx, dlrk))
+}
+
+/// Where a dead-lettered message went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DeadRoute {
+    /// The dead-letter exchange does not exist.
+    NoExchange,
+    /// A delayed-message exchange holds it until its delay ends.
+    Held,
+    /// Routed: the target queues are in the caller's buffer (possibly none).
+    Routed,
+}
+
+/// Route a dead-lettered message (from `dead_message`) through its exchange; the target
+/// queues go to `targets`, automatic cycles left out (RabbitMQ's rule).
+pub fn dead_targets(
+    vhost: &Arc<VHost>,
+    msg: &Arc<Message>,
+    reason: DeathReason,
+    targets: &mut Vec<Arc<Queue>>,
+) -> DeadRoute {
+    let Ok(exchange) = vhost.exchange(&msg.exchange) else {
+        return DeadRoute::NoExchange;
+    };
+    if vhost.hold_delayed(&exchange, msg).is_some() {
+        return DeadRoute::Held;
+    }
+    vhost.route(&exchange, msg, targets);
+    targets.retain(|q| {
+        let cycle = reason != DeathReason::Rejected && is_automatic_cycle(q.name(), msg);
+        if cycle {
+            tracing::debug!(
+                queue = q.name(),
+                "dropping dead-lettered message: automatic cycle"
+            );
+        }
+        !cycle
+    });
+    DeadRoute::Routed
+}
+
+/// Republish messages that died in `queue` to its dead-letter exchange, at most once: a
+/// missing DLX or a refusing target drops them silently, as RabbitMQ does.
+pub fn dead_letter(vhost: &Arc<VHost>, queue: &Queue, dead: Vec<(QueuedMessage, DeathReason)>) {
     let mut targets = Vec::new();
     for (qm, reason) in dead {
-        let msg = dead_lettered(&qm.msg, queue.name(), reason, dlx, dlrk);
-        if vhost.hold_delayed(&exchange, &msg).is_some() {
-            continue;
+        let Some(msg) = dead_message(queue, &qm.msg, reason) else {
+            return;
+        };
+        if dead_targets(vhost, &msg, reason, &mut targets) == DeadRoute::NoExchange {
+            return;
         }
-        targets.clear();
-        vhost.route(&exchange, &msg, &mut targets);
         for q in targets.drain(..) {
-            if reason != DeathReason::Rejected && is_automatic_cycle(q.name(), &msg) {
-                tracing::debug!(
-                    queue = q.name(),
-                    "dropping dead-lettered message: automatic cycle"
-                );
-                continue;
-            }
             q.publish(msg.clone());
         }
     }

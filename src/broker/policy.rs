@@ -103,6 +103,7 @@ const QUEUE_KEYS: &[(&str, &str)] = &[
     ("dead-letter-exchange", "x-dead-letter-exchange"),
     ("dead-letter-routing-key", "x-dead-letter-routing-key"),
     ("delivery-limit", "x-delivery-limit"),
+    ("dead-letter-strategy", "x-dead-letter-strategy"),
 ];
 
 /// The only keys an operator policy may set (RabbitMQ 3.10's list).
@@ -161,6 +162,9 @@ impl Policy {
                     v.as_str(),
                     Some("drop-head" | "reject-publish" | "reject-publish-dlx")
                 ),
+                "dead-letter-strategy" => {
+                    matches!(v.as_str(), Some("at-most-once" | "at-least-once"))
+                }
                 "dead-letter-exchange" | "dead-letter-routing-key" | "alternate-exchange" => {
                     v.is_string()
                 }

@@ -75,6 +75,10 @@ pub struct QueueRow {
     /// Quorum queues: Raft log entries kept since the last snapshot (not a RabbitMQ field).
     #[serde(skip_serializing_if = "Option::is_none")]
     raft_log_entries: Option<usize>,
+    /// Quorum queues: messages dead-lettered at least once and not yet taken by every
+    /// target (kept in the queue until then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages_dlx: Option<usize>,
 }
 
 impl Row for QueueRow {
@@ -161,6 +165,7 @@ pub fn queue_row(ctx: &Ctx, v: &VHost, q: &Queue) -> QueueRow {
             }
         }),
         raft_log_entries: q.quorum.as_ref().map(|g| g.log_entries()),
+        messages_dlx: q.quorum.as_ref().map(|g| g.dead_letter_pending()),
     }
 }
 

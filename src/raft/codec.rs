@@ -7,7 +7,8 @@
 //! entry:      [term u64][leader node u64][index u64][kind u8] payload
 //! blank:      (nothing)
 //! command:    [origin u64][ticket u64][n u32]{[len u32][message]}* then settle, returned,
-//!             delivered: each [n u32][id u64]*
+//!             delivered: each [n u32][id u64]*, then dead: [n u32]{[id u64][reason u8]}*
+//!             (absent in entries written before at-least-once dead-lettering)
 //! membership: [configs u32]{[n u32][node u64]*}* [nodes u32]{[node u64][addr: len u16, bytes]}*
 //! ```
 
@@ -181,6 +182,11 @@ pub fn encode_entry(e: &Entry, b: &mut Vec<u8>) {
             put_ids(b, &c.settle);
             put_ids(b, &c.returned);
             put_ids(b, &c.delivered);
+            b.put_u32(c.dead.len() as u32);
+            for (id, reason) in &c.dead {
+                b.put_u64(*id);
+                b.put_u8(*reason);
+            }
         }
         EntryPayload::Membership(m) => {
             b.put_u8(MEMBERSHIP);
@@ -205,13 +211,28 @@ pub fn decode_entry(raw: &[u8]) -> Option<Entry> {
             for _ in 0..n {
                 enqueue.push(get_message(&mut b, 0)?);
             }
+            let settle = get_ids(&mut b)?;
+            let returned = get_ids(&mut b)?;
+            let delivered = get_ids(&mut b)?;
+            // Entries written before at-least-once dead-lettering end here.
+            let mut dead = Vec::new();
+            if !b.is_empty() {
+                let n = get_u32(&mut b)? as usize;
+                if b.len() != n * 9 {
+                    return None;
+                }
+                for _ in 0..n {
+                    dead.push((b.get_u64(), b.get_u8()));
+                }
+            }
             EntryPayload::Normal(QueueCommand {
                 origin,
                 ticket,
                 enqueue,
-                settle: get_ids(&mut b)?,
-                returned: get_ids(&mut b)?,
-                delivered: get_ids(&mut b)?,
+                settle,
+                returned,
+                delivered,
+                dead,
             })
         }
         MEMBERSHIP => EntryPayload::Membership(get_membership(&mut b)?),
@@ -252,6 +273,7 @@ mod tests {
             settle: vec![1, 2],
             returned: vec![3],
             delivered: vec![],
+            dead: vec![(5, 1), (6, 3)],
         };
         let members = Membership::new(
             vec![BTreeSet::from([1])],
@@ -275,6 +297,7 @@ mod tests {
                     assert_eq!((a.origin, a.ticket), (b.origin, b.ticket));
                     assert_eq!(a.settle, b.settle);
                     assert_eq!(a.returned, b.returned);
+                    assert_eq!(a.dead, b.dead);
                     assert_eq!(b.enqueue.len(), 2);
                     assert_eq!(&b.enqueue[0].msg.body[..], b"one");
                     assert_eq!(b.enqueue[0].delivery_count, 3);
@@ -286,7 +309,17 @@ mod tests {
                 (EntryPayload::Blank, EntryPayload::Blank) => {}
                 _ => panic!("payload kind changed"),
             }
+            // A command cut just before its dead list reads as the older format (the log's
+            // record CRC catches real truncation); every other cut is refused.
+            let old_format_end = match &e.payload {
+                EntryPayload::Normal(c) => Some(b.len() - 4 - 9 * c.dead.len()),
+                _ => None,
+            };
             for cut in 0..b.len() {
+                if Some(cut) == old_format_end {
+                    assert!(decode_entry(&b[..cut]).is_some());
+                    continue;
+                }
                 assert!(decode_entry(&b[..cut]).is_none(), "cut at {cut} decoded");
             }
         }

@@ -55,6 +55,9 @@ pub struct QueueCommand {
     pub returned: Vec<u64>,
     /// Handed to a consumer: redelivered if it comes back after a restart.
     pub delivered: Vec<u64>,
+    /// Dead-lettered at least once: kept (not ready) until every target has it, with the
+    /// reason's code (`DeathReason::code`).
+    pub dead: Vec<(u64, u8)>,
 }
 
 impl QueueCommand {
@@ -63,6 +66,7 @@ impl QueueCommand {
             && self.settle.is_empty()
             && self.returned.is_empty()
             && self.delivered.is_empty()
+            && self.dead.is_empty()
     }
 }
 

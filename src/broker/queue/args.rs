@@ -32,6 +32,11 @@ pub struct QueueArgs {
     pub delivery_limit: Option<u64>,
     /// x-consumer-timeout in ms (0 = none); None = broker default.
     pub consumer_timeout: Option<u64>,
+    /// Quorum queues with `x-dead-letter-strategy: at-least-once`: a dead-lettered message
+    /// stays in the queue until every target queue has it. RabbitMQ needs
+    /// `x-overflow: reject-publish` (and a dead-letter exchange) for it; otherwise it
+    /// dead-letters at most once, and so do we.
+    pub at_least_once: bool,
 }
 
 impl QueueArgs {
@@ -39,19 +44,28 @@ impl QueueArgs {
     pub fn from_table(t: &FieldTable) -> Self {
         let int = |k: &str| get(t, k).and_then(int_value);
         let ms = |k: &str| int(k).map(|v| Duration::from_millis(v.max(0) as u64));
+        let overflow = match get(t, "x-overflow").and_then(str_value).as_deref() {
+            Some("reject-publish") => Overflow::RejectPublish,
+            Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
+            _ => Overflow::DropHead,
+        };
+        let dead_letter_exchange = get(t, "x-dead-letter-exchange").and_then(str_value);
+        let at_least_once = super::is_quorum(t)
+            && overflow == Overflow::RejectPublish
+            && dead_letter_exchange.is_some()
+            && get(t, "x-dead-letter-strategy")
+                .and_then(str_value)
+                .as_deref()
+                == Some("at-least-once");
         QueueArgs {
             max_priority: int("x-max-priority").unwrap_or(0).clamp(0, 255) as u8,
             message_ttl: ms("x-message-ttl"),
             expires: ms("x-expires"),
-            dead_letter_exchange: get(t, "x-dead-letter-exchange").and_then(str_value),
+            dead_letter_exchange,
             dead_letter_routing_key: get(t, "x-dead-letter-routing-key").and_then(str_value),
             max_length: int("x-max-length").map(|v| v.max(0) as u64),
             max_length_bytes: int("x-max-length-bytes").map(|v| v.max(0) as u64),
-            overflow: match get(t, "x-overflow").and_then(str_value).as_deref() {
-                Some("reject-publish") => Overflow::RejectPublish,
-                Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
-                _ => Overflow::DropHead,
-            },
+            overflow,
             single_active_consumer: matches!(
                 get(t, "x-single-active-consumer"),
                 Some(AMQPValue::Boolean(true))
@@ -64,6 +78,7 @@ impl QueueArgs {
                 None => None,
             },
             consumer_timeout: int("x-consumer-timeout").map(|v| v.max(0) as u64),
+            at_least_once,
         }
     }
 }

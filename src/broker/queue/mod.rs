@@ -6,6 +6,7 @@
 //! released, so a dead-letter route back into the same queue cannot deadlock.
 
 pub mod args;
+mod at_least_once;
 pub mod inspect;
 pub mod quorum;
 pub mod ready;
@@ -710,6 +711,12 @@ impl Queue {
     fn dead_letter(&self, dead: Dead) {
         if dead.is_empty() {
             return;
+        }
+        if let Some(g) = &self.quorum {
+            if self.args.load().at_least_once {
+                g.dead_letter_later(dead);
+                return;
+            }
         }
         for (qm, _) in &dead {
             self.forget(qm);

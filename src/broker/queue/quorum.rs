@@ -15,7 +15,9 @@
 //! With one member, restart applies every entry in the log at once (an entry durable on the
 //! only voter is committed), so the queue is whole before the first client connects.
 
+use super::at_least_once::DeadPending;
 use super::Queue;
+use crate::broker::dead_letter::DeathReason;
 use crate::broker::message::QueuedMessage;
 use crate::raft::log::GroupLog;
 use crate::raft::node::RaftNode;
@@ -43,6 +45,8 @@ const SNAPSHOT_MAGIC: &[u8; 8] = b"WMQQSNP1";
 struct Held {
     qm: QueuedMessage,
     delivered: bool,
+    /// Dead-lettered at least once and not yet in every target: the reason's code.
+    dead: Option<u8>,
 }
 
 #[derive(Default)]
@@ -73,6 +77,7 @@ impl Machine {
                         Held {
                             qm,
                             delivered: false,
+                            dead: None,
                         },
                     );
                 }
@@ -89,6 +94,11 @@ impl Machine {
                         h.delivered = true;
                     }
                 }
+                for (id, reason) in &c.dead {
+                    if let Some(h) = self.messages.get_mut(id) {
+                        h.dead = Some(*reason);
+                    }
+                }
                 Some((c.origin, c.ticket, c.enqueue.len() as u64))
             }
         }
@@ -102,7 +112,8 @@ impl Machine {
         body.put_u64(self.messages.len() as u64);
         for (id, h) in &self.messages {
             body.put_u64(*id);
-            body.put_u8(h.delivered as u8);
+            // Flags: bit 0 delivered, bits 1.. the dead-letter reason's code + 1.
+            body.put_u8(h.delivered as u8 | h.dead.map_or(0, |r| (r + 1) << 1));
             codec::put_message(&mut body, &h.qm);
         }
         let mut out = Vec::with_capacity(body.len() + 20);
@@ -137,9 +148,18 @@ impl Machine {
                 return None;
             }
             let id = b.get_u64();
-            let delivered = b.get_u8() == 1;
+            let flags = b.get_u8();
+            let delivered = flags & 1 == 1;
+            let dead = (flags >> 1).checked_sub(1);
             let qm = codec::get_message(&mut b, id)?;
-            messages.insert(id, Held { qm, delivered });
+            messages.insert(
+                id,
+                Held {
+                    qm,
+                    delivered,
+                    dead,
+                },
+            );
         }
         Some(Machine {
             messages,
@@ -167,8 +187,8 @@ type RoundAnswer = <openraft::raft::responder::OneshotResponder<TypeConfig> as o
 /// A quorum queue's group: its state machine, proposer and confirm tickets.
 pub struct Quorum {
     pub group: u64,
-    node: Arc<RaftNode>,
-    queue: OnceLock<Weak<Queue>>,
+    pub(super) node: Arc<RaftNode>,
+    pub(super) queue: OnceLock<Weak<Queue>>,
     machine: Mutex<Machine>,
     pending: Mutex<QueueCommand>,
     wake: Notify,
@@ -179,7 +199,7 @@ pub struct Quorum {
     pub in_flight: AtomicU64,
     pub in_flight_bytes: AtomicU64,
     raft: OnceLock<Raft>,
-    closed: AtomicBool,
+    pub(super) closed: AtomicBool,
     /// Closed because the queue was deleted: what is pending is dropped, not written.
     deleted: AtomicBool,
     /// The group's task (Raft node and proposer), awaited at shutdown.
@@ -188,6 +208,15 @@ pub struct Quorum {
     pub damaged: Option<String>,
     /// A group made just now (initialised when its task starts).
     fresh: bool,
+    /// At-least-once dead-lettering: messages on their way to the dead-letter targets.
+    pub(super) dlx: Mutex<Vec<DeadPending>>,
+    pub(super) dlx_running: AtomicBool,
+    /// Messages marked dead and not yet settled (those in `dlx` and those in a round).
+    pub(super) dlx_count: std::sync::atomic::AtomicUsize,
+    pub(super) dlx_wake: Notify,
+    /// The classic store (a dead-lettered message persisted in a classic target is there
+    /// once its write epoch is flushed).
+    pub(super) store: Option<Arc<crate::store::Store>>,
     log: Arc<Mutex<GroupLog>>,
 }
 
@@ -197,7 +226,7 @@ impl Quorum {
     pub fn open(
         group: u64,
         node: Arc<RaftNode>,
-        store: Option<&crate::store::Store>,
+        store: Option<&Arc<crate::store::Store>>,
     ) -> (Arc<Quorum>, Vec<QueuedMessage>) {
         let log = node.log.group(group);
         let path = node.snapshot_path(group);
@@ -242,15 +271,16 @@ impl Quorum {
                 }
             }
         }
-        let ready = machine
-            .messages
-            .values()
-            .map(|h| {
-                let mut qm = h.qm.clone();
-                qm.redelivered = h.delivered || qm.delivery_count > 0;
-                qm
-            })
-            .collect();
+        let mut ready = Vec::new();
+        let mut dead = Vec::new();
+        for h in machine.messages.values() {
+            let mut qm = h.qm.clone();
+            qm.redelivered = h.delivered || qm.delivery_count > 0;
+            match h.dead.and_then(DeathReason::from_code) {
+                Some(reason) => dead.push(DeadPending::new(qm, reason)),
+                None => ready.push(qm),
+            }
+        }
         let q = Arc::new(Quorum {
             group,
             node,
@@ -269,6 +299,11 @@ impl Quorum {
             damaged,
             fresh,
             log,
+            dlx_count: std::sync::atomic::AtomicUsize::new(dead.len()),
+            dlx: Mutex::new(dead),
+            dlx_running: AtomicBool::new(false),
+            dlx_wake: Notify::new(),
+            store: store.cloned(),
         });
         (q, ready)
     }
@@ -287,6 +322,9 @@ impl Quorum {
             }
         });
         *self.task.lock() = Some(task);
+        if !self.dlx.lock().is_empty() {
+            self.kick_dlx();
+        }
     }
 
     async fn run(self: Arc<Self>, name: &str) -> Result<(), String> {
@@ -365,7 +403,7 @@ impl Quorum {
         }
     }
 
-    fn with_pending(&self, f: impl FnOnce(&mut QueueCommand)) {
+    pub(super) fn with_pending(&self, f: impl FnOnce(&mut QueueCommand)) {
         f(&mut self.pending.lock());
         self.wake.notify_one();
     }
@@ -619,6 +657,7 @@ mod tests {
                         stored: None,
                     },
                     delivered: id == 9,
+                    dead: (id == 9).then_some(DeathReason::DeliveryLimit.code()),
                 },
             );
         }
@@ -629,6 +668,8 @@ mod tests {
         assert_eq!(back.messages.len(), 2);
         assert_eq!(back.messages[&9].qm.delivery_count, 9);
         assert!(back.messages[&9].delivered && !back.messages[&3].delivered);
+        assert_eq!(back.messages[&9].dead, Some(3));
+        assert_eq!(back.messages[&3].dead, None);
         for i in 0..raw.len() {
             let mut bad = raw.clone();
             bad[i] ^= 0x20;

@@ -1,0 +1,215 @@
+//! At-least-once dead-lettering for quorum queues (`x-dead-letter-strategy: at-least-once`
+//! with `x-overflow: reject-publish`, as RabbitMQ has it since 3.10).
+//!
+//! A message that dies in such a queue is not settled: the group's log marks it dead (with
+//! its reason) and it stays in the state machine, out of the ready list. A worker task
+//! republishes it to the dead-letter exchange's targets and settles it in the source only
+//! once every target has it for good: a classic target's store has flushed it, a quorum
+//! target's group has applied it. When the exchange is missing, nothing is bound, or a
+//! target refuses it (full with reject-publish, down), the message stays and the worker
+//! tries again later, to the targets that do not have it yet. A broker killed in between
+//! finds the dead messages in the log at restart and the worker starts over: a target may
+//! get a message twice, none loses one.
+
+use super::quorum::Quorum;
+use super::{Enqueued, Queue};
+use crate::broker::dead_letter::{dead_message, dead_targets, DeadRoute, DeathReason};
+use crate::broker::message::{Message, QueuedMessage};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// How long a round waits before it tries the messages no target took again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Upper bound on waiting for the targets to make a round durable.
+const DURABLE_WAIT: Duration = Duration::from_secs(30);
+
+/// A message dead-lettered at least once, on its way to the targets.
+pub struct DeadPending {
+    qm: QueuedMessage,
+    reason: DeathReason,
+    /// The dead-lettered copy (x-death added), built on the first attempt.
+    msg: Option<Arc<Message>>,
+    /// Targets that accepted it already (not sent to again on a retry).
+    accepted: Vec<String>,
+}
+
+impl DeadPending {
+    pub fn new(qm: QueuedMessage, reason: DeathReason) -> Self {
+        DeadPending {
+            qm,
+            reason,
+            msg: None,
+            accepted: Vec::new(),
+        }
+    }
+}
+
+impl Quorum {
+    /// Dead-letter messages at least once: marked dead in the log now, settled when every
+    /// target has them.
+    pub fn dead_letter_later(self: &Arc<Self>, dead: Vec<(QueuedMessage, DeathReason)>) {
+        self.with_pending(|p| {
+            p.dead
+                .extend(dead.iter().map(|(qm, reason)| (qm.seq, reason.code())))
+        });
+        self.dlx_count.fetch_add(dead.len(), Ordering::AcqRel);
+        self.dlx.lock().extend(
+            dead.into_iter()
+                .map(|(qm, reason)| DeadPending::new(qm, reason)),
+        );
+        self.kick_dlx();
+    }
+
+    /// Dead-lettered messages waiting for their targets (the management API's
+    /// `messages_dlx`).
+    pub fn dead_letter_pending(&self) -> usize {
+        self.dlx_count.load(Ordering::Acquire)
+    }
+
+    /// Start the worker, or wake it if it runs.
+    pub(super) fn kick_dlx(self: &Arc<Self>) {
+        if self.dlx_running.swap(true, Ordering::AcqRel) {
+            self.dlx_wake.notify_one();
+            return;
+        }
+        let q = self.clone();
+        tokio::spawn(async move { q.dlx_worker().await });
+    }
+
+    async fn dlx_worker(self: Arc<Self>) {
+        loop {
+            let batch = if self.closed.load(Ordering::Acquire) {
+                // Stopping: what is left is in the log and resumes at the next start.
+                Vec::new()
+            } else {
+                std::mem::take(&mut *self.dlx.lock())
+            };
+            if batch.is_empty() {
+                self.dlx_running.store(false, Ordering::Release);
+                // A message may have come in between the take and the flag.
+                if self.closed.load(Ordering::Acquire)
+                    || self.dlx.lock().is_empty()
+                    || self.dlx_running.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
+                continue;
+            }
+            let retry = self.dead_letter_round(batch).await;
+            if retry.is_empty() {
+                continue;
+            }
+            let n = retry.len();
+            {
+                let mut pending = self.dlx.lock();
+                let newer = std::mem::replace(&mut *pending, retry);
+                pending.extend(newer);
+            }
+            tracing::debug!(
+                group = self.group,
+                messages = n,
+                "dead-lettered messages not taken by every target; retrying"
+            );
+            let _ = tokio::time::timeout(RETRY_AFTER, self.dlx_wake.notified()).await;
+        }
+    }
+
+    /// Send each message to the targets that lack it, wait until they hold what they took
+    /// for good, settle the messages every target has; returns the others.
+    async fn dead_letter_round(&self, batch: Vec<DeadPending>) -> Vec<DeadPending> {
+        let Some(queue) = self.queue.get().and_then(Weak::upgrade) else {
+            return Vec::new();
+        };
+        if queue.is_deleted() {
+            return Vec::new();
+        }
+        let Some(vhost) = queue.vhost.upgrade() else {
+            return batch;
+        };
+        let mut targets: Vec<Arc<Queue>> = Vec::new();
+        let mut epoch = 0u64;
+        let mut tickets: Vec<(Arc<AtomicU64>, u64)> = Vec::new();
+        let mut complete = Vec::new();
+        let mut retry = Vec::new();
+        for mut p in batch {
+            if p.msg.is_none() {
+                p.msg = dead_message(&queue, &p.qm.msg, p.reason);
+            }
+            // The dead-letter exchange was taken away (a policy change): nothing to do.
+            let Some(msg) = p.msg.clone() else {
+                complete.push(p);
+                continue;
+            };
+            let done = match dead_targets(&vhost, &msg, p.reason, &mut targets) {
+                DeadRoute::NoExchange => false,
+                DeadRoute::Held => true,
+                DeadRoute::Routed => {
+                    let mut done = !targets.is_empty() || !p.accepted.is_empty();
+                    for t in targets.drain(..) {
+                        if p.accepted.iter().any(|n| n == t.name()) {
+                            continue;
+                        }
+                        match t.publish(msg.clone()) {
+                            Enqueued::Accepted => {
+                                if t.persists(&msg) {
+                                    if let Some(store) = &self.store {
+                                        epoch = epoch.max(store.write_epoch());
+                                    }
+                                }
+                                tickets.extend(t.confirm_ticket());
+                                p.accepted.push(t.name().to_string());
+                            }
+                            Enqueued::Rejected | Enqueued::Gone => done = false,
+                        }
+                    }
+                    done
+                }
+            };
+            if done {
+                complete.push(p);
+            } else {
+                retry.push(p);
+            }
+        }
+        if !self.targets_durable(epoch, &tickets).await {
+            // Not known to be durable: everything goes round again (a target may get a
+            // message twice, which at-least-once allows).
+            for p in &mut complete {
+                p.accepted.clear();
+            }
+            retry.append(&mut complete);
+            return retry;
+        }
+        if !complete.is_empty() {
+            self.dlx_count.fetch_sub(complete.len(), Ordering::AcqRel);
+            self.settle_all(complete.iter().map(|p| p.qm.seq).collect());
+        }
+        retry
+    }
+
+    /// Wait (bounded) until the classic store has flushed `epoch` and every quorum target
+    /// has applied its ticket.
+    async fn targets_durable(&self, epoch: u64, tickets: &[(Arc<AtomicU64>, u64)]) -> bool {
+        let wait = async {
+            if epoch > 0 {
+                if let Some(store) = &self.store {
+                    store.wait_flushed(epoch).await;
+                }
+            }
+            let mut applied = self.node.applied.subscribe();
+            while !tickets
+                .iter()
+                .all(|(committed, t)| committed.load(Ordering::Acquire) >= *t)
+            {
+                if applied.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(DURABLE_WAIT, wait)
+            .await
+            .unwrap_or(false)
+    }
+}
