@@ -182,3 +182,138 @@ async fn kill_9_rounds(args: FieldTable, rounds: usize) {
         "the publisher never got a confirm: the test proved nothing"
     );
 }
+
+/// At-least-once dead-lettering under SIGKILL: a consumer rejects every message of a
+/// quorum queue (x-dead-letter-strategy at-least-once) into a durable dead-letter queue
+/// while the broker is killed. After a restart every confirmed message is in the source
+/// or in the dead-letter queue (the ones dead-lettered but not yet delivered get there
+/// after the restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_message_dead_lettered_at_least_once() {
+    use lapin::types::AMQPValue;
+    let text = |s: &str| AMQPValue::LongString(s.into());
+    let mut src_args = FieldTable::default();
+    for (k, v) in [
+        ("x-queue-type", "quorum"),
+        ("x-overflow", "reject-publish"),
+        ("x-dead-letter-exchange", ""),
+        ("x-dead-letter-routing-key", "crash-dlq"),
+        ("x-dead-letter-strategy", "at-least-once"),
+    ] {
+        src_args.insert(k.into(), text(v));
+    }
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let declare_both = |ch: lapin::Channel, args: FieldTable| async move {
+        ch.queue_declare("crash-dlq".into(), durable, FieldTable::default())
+            .await
+            .unwrap();
+        ch.queue_declare("crash-src".into(), durable, args)
+            .await
+            .unwrap();
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rng();
+    let mut total_dead = 0usize;
+    for round in 0..rounds().div_ceil(5) {
+        let port = free_port();
+        let mut child = spawn_broker(dir.path(), port);
+        let setup = connect(port).await;
+        declare_both(setup.create_channel().await.unwrap(), src_args.clone()).await;
+        let confirmed = Arc::new(Mutex::new(HashSet::<String>::new()));
+        let rejected = Arc::new(Mutex::new(0usize));
+
+        let pub_conn = connect(port).await;
+        let confirmed_w = confirmed.clone();
+        let publisher = tokio::spawn(async move {
+            let ch = pub_conn.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            for i in 0u64.. {
+                let id = format!("{round}-{i}");
+                let c = ch
+                    .basic_publish(
+                        "".into(),
+                        "crash-src".into(),
+                        BasicPublishOptions::default(),
+                        id.as_bytes(),
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await?;
+                if c.await?.is_ack() {
+                    confirmed_w.lock().unwrap().insert(id);
+                }
+            }
+            Ok::<(), lapin::Error>(())
+        });
+        let con_conn = connect(port).await;
+        let rejected_w = rejected.clone();
+        let consumer = tokio::spawn(async move {
+            let ch = con_conn.create_channel().await?;
+            ch.basic_qos(20, BasicQosOptions::default()).await?;
+            let mut c = ch
+                .basic_consume(
+                    "crash-src".into(),
+                    "c".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            while let Some(d) = c.next().await {
+                let d = d?;
+                ch.basic_reject(d.delivery_tag, BasicRejectOptions { requeue: false })
+                    .await?;
+                *rejected_w.lock().unwrap() += 1;
+            }
+            Ok::<(), lapin::Error>(())
+        });
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
+        child.kill9();
+        let _ = within("publisher ends", publisher).await;
+        let _ = within("consumer ends", consumer).await;
+
+        let port = free_port();
+        let mut child = spawn_broker(dir.path(), port);
+        let conn = connect(port).await;
+        let ch = conn.create_channel().await.unwrap();
+        declare_both(ch.clone(), src_args.clone()).await;
+        let confirmed = confirmed.lock().unwrap().clone();
+        // Drain both queues until every confirmed message was seen (bounded): the dead
+        // ones still on their way reach the dead-letter queue after the restart.
+        let mut seen = HashSet::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !confirmed.is_subset(&seen) {
+            let mut got = false;
+            for q in ["crash-src", "crash-dlq"] {
+                if let Some(m) = within(
+                    "get",
+                    ch.basic_get(q.into(), BasicGetOptions { no_ack: true }),
+                )
+                .await
+                .unwrap()
+                {
+                    seen.insert(String::from_utf8_lossy(&m.delivery.data).into_owned());
+                    got = true;
+                }
+            }
+            if !got {
+                let missing: Vec<_> = confirmed.difference(&seen).take(10).collect();
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: {} confirmed, {} seen; lost {missing:?}",
+                    confirmed.len(),
+                    seen.len()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        total_dead += *rejected.lock().unwrap();
+        let _ = conn.close(200, "bye".into()).await;
+        child.kill9();
+    }
+    assert!(
+        total_dead > 0,
+        "nothing was dead-lettered before the kills: the test proved nothing"
+    );
+}
