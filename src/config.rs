@@ -49,6 +49,10 @@ pub struct Config {
     /// Default consumer ack timeout in ms (0 = none); queues (`x-consumer-timeout`) and
     /// consumers (consume argument of the same name) may override it.
     pub consumer_timeout: u64,
+    /// Queue type of declarations that name none (`classic` or `quorum`), for vhosts without
+    /// their own `default_queue_type` (RabbitMQ 3.13's `default_queue_type`). Only durable,
+    /// non-exclusive, non-auto-delete queues take it; the others stay classic.
+    pub default_queue_type: String,
     /// amqps listener (RabbitMQ's port 5671). It runs only when `tls_cert` and `tls_key`
     /// are set, so a plain configuration opens no TLS port.
     pub amqps_addr: SocketAddr,
@@ -185,6 +189,7 @@ impl Default for Config {
             store_cache_bytes: 64 * 1024 * 1024,
             outbound_high_watermark: 1024 * 1024,
             consumer_timeout: 1_800_000,
+            default_queue_type: "classic".into(),
             amqps_addr: "127.0.0.1:5671".parse().expect("static address"),
             https_addr: None,
             tls_cert: None,
@@ -227,6 +232,9 @@ pub struct ServeArgs {
     /// Log line format: text (coloured only on a terminal) or json (one object per line).
     #[arg(long, env = "WARRENMQ_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Queue type of declarations that name none: classic (default) or quorum.
+    #[arg(long, env = "WARRENMQ_DEFAULT_QUEUE_TYPE")]
+    pub default_queue_type: Option<String>,
     /// amqps listen address (used when --tls-cert and --tls-key are given).
     #[arg(long, env = "WARRENMQ_AMQPS_ADDR")]
     pub amqps_addr: Option<SocketAddr>,
@@ -302,6 +310,9 @@ impl Config {
         if let Some(v) = args.log_format {
             cfg.log_format = v;
         }
+        if let Some(v) = &args.default_queue_type {
+            cfg.default_queue_type = v.clone();
+        }
         if let Some(v) = args.amqps_addr {
             cfg.amqps_addr = v;
         }
@@ -360,6 +371,13 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "tls_verify_peer needs tls_ca to verify client certificates against".into(),
             ));
+        }
+        if !crate::broker::vhosts::QUEUE_TYPES.contains(&self.default_queue_type.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "default_queue_type must be one of {}, not '{}'",
+                crate::broker::vhosts::QUEUE_TYPES.join(", "),
+                self.default_queue_type
+            )));
         }
         if self.auth_mechanisms.is_empty() {
             return Err(ConfigError::Invalid(

@@ -3,8 +3,9 @@
 //! exchanges they match.
 
 use super::policy::{self, Policy, PolicyKind, PolicyRecord};
-use super::vhost::VHost;
+use super::vhost::{QueueDeclare, VHost};
 use super::Broker;
+use crate::protocol::AMQPValue;
 use crate::store::StoreError;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -23,6 +24,9 @@ pub struct VhostRecord {
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub limits: serde_json::Map<String, serde_json::Value>,
 }
+
+/// Queue types a default may name (streams are not served yet).
+pub const QUEUE_TYPES: &[&str] = &["classic", "quorum"];
 
 /// The limit `key` in a limits object: None when absent or negative (RabbitMQ's "no limit").
 pub fn limit_of(limits: &serde_json::Map<String, serde_json::Value>, key: &str) -> Option<u64> {
@@ -111,6 +115,49 @@ impl Broker {
         }
         s.record = rec;
         Ok(())
+    }
+
+    /// The queue type a declaration naming none gets in `vhost`: the vhost's
+    /// `default_queue_type`, else the node's.
+    pub fn default_queue_type(&self, vhost: &VHost) -> String {
+        vhost
+            .settings
+            .read()
+            .record
+            .default_queue_type
+            .clone()
+            .unwrap_or_else(|| self.config.default_queue_type.clone())
+    }
+
+    /// RabbitMQ 3.13's default queue type: a declaration of a durable, non-exclusive,
+    /// non-auto-delete queue without `x-queue-type` gets the default type, so that a
+    /// client redeclaring it the same way stays equivalent; a queue that exists with
+    /// another type (declared before the default changed) keeps it, and every other
+    /// declaration is left as it is.
+    pub fn apply_default_queue_type(&self, vhost: &VHost, d: &mut QueueDeclare) {
+        if d.passive
+            || !d.durable
+            || d.exclusive
+            || d.auto_delete
+            || d.arguments.inner().contains_key("x-queue-type")
+        {
+            return;
+        }
+        let kind = self.default_queue_type(vhost);
+        let existing = vhost
+            .queues
+            .get(&d.name)
+            .map(|q| super::queue::is_quorum(&q.spec.arguments));
+        let applies = match existing {
+            None => true,
+            Some(quorum) => quorum == (kind == "quorum"),
+        };
+        if applies && kind != "classic" {
+            d.arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(kind.as_bytes().to_vec().into()),
+            );
+        }
     }
 
     /// Create a vhost, or update the description and tags of an existing one. True if

@@ -63,18 +63,17 @@ impl Channel {
                     }
                     return Ok(());
                 }
-                let (queue, _created) = ctx.vhost.declare_queue(
-                    QueueDeclare {
-                        name: name.clone(),
-                        passive: d.passive,
-                        durable: d.durable,
-                        exclusive: d.exclusive,
-                        auto_delete: d.auto_delete,
-                        arguments: d.arguments,
-                        server_named,
-                    },
-                    conn_id,
-                )?;
+                let mut declare = QueueDeclare {
+                    name: name.clone(),
+                    passive: d.passive,
+                    durable: d.durable,
+                    exclusive: d.exclusive,
+                    auto_delete: d.auto_delete,
+                    arguments: d.arguments,
+                    server_named,
+                };
+                ctx.broker.apply_default_queue_type(ctx.vhost, &mut declare);
+                let (queue, _created) = ctx.vhost.declare_queue(declare, conn_id)?;
                 self.last_queue = Some(name.clone());
                 if !d.nowait {
                     let (message_count, consumer_count) = queue.counts();

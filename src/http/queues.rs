@@ -244,18 +244,17 @@ async fn declare(
     for (perm, k, res) in queue_declare_needs(&name, &arguments) {
         user.check(&ctx, &vhost, perm, k, &res)?;
     }
-    let (_, created) = v.declare_queue(
-        QueueDeclare {
-            name,
-            passive: false,
-            durable: body.bool("durable")?.unwrap_or(true),
-            exclusive: false,
-            auto_delete: body.bool("auto_delete")?.unwrap_or(false),
-            arguments,
-            server_named: false,
-        },
-        0,
-    )?;
+    let mut declare = QueueDeclare {
+        name,
+        passive: false,
+        durable: body.bool("durable")?.unwrap_or(true),
+        exclusive: false,
+        auto_delete: body.bool("auto_delete")?.unwrap_or(false),
+        arguments,
+        server_named: false,
+    };
+    ctx.broker.apply_default_queue_type(&v, &mut declare);
+    let (_, created) = v.declare_queue(declare, 0)?;
     Ok(if created {
         StatusCode::CREATED
     } else {

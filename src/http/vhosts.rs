@@ -33,7 +33,7 @@ fn vhost_json(ctx: &Ctx, v: &VHost) -> Value {
         "name": v.name,
         "description": rec.description,
         "tags": rec.tags,
-        "default_queue_type": rec.default_queue_type.as_deref().unwrap_or("classic"),
+        "default_queue_type": ctx.broker.default_queue_type(v),
         "metadata": {"description": rec.description, "tags": rec.tags},
         "tracing": false,
         "cluster_state": {ctx.node.clone(): "running"},
@@ -92,17 +92,35 @@ async fn put(
             .get("tags")
             .or_else(|| meta.and_then(|m| m.get("tags"))),
     );
-    let limits = ctx
+    let current = ctx
         .broker
         .vhost(&name)
-        .map(|v| v.settings.read().record.limits.clone())
+        .map(|v| v.settings.read().record.clone());
+    let limits = current
+        .as_ref()
+        .map(|r| r.limits.clone())
         .unwrap_or_default();
+    // RabbitMQ 3.13 takes it at the top level or in the metadata; a PUT without it keeps
+    // the vhost's current one.
+    let default_queue_type = match body.str("default_queue_type").or_else(|| {
+        meta.and_then(|m| m.get("default_queue_type"))
+            .and_then(|d| d.as_str())
+    }) {
+        Some(t) if crate::broker::vhosts::QUEUE_TYPES.contains(&t) => Some(t.to_string()),
+        Some(t) => {
+            return Err(ApiError::bad_request(format!(
+                "default_queue_type must be one of {}, not '{t}'",
+                crate::broker::vhosts::QUEUE_TYPES.join(", ")
+            )))
+        }
+        None => current.and_then(|r| r.default_queue_type),
+    };
     let vhost_name = name.clone();
     let created = ctx.broker.put_vhost(VhostRecord {
         name,
         description,
         tags,
-        default_queue_type: body.str("default_queue_type").map(str::to_string),
+        default_queue_type,
         limits,
     });
     if created {
