@@ -46,8 +46,16 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // openraft reports every election and membership step of every quorum queue's group
+    // at info: its own warnings and errors are what an operator needs, unless the filter
+    // asks for openraft explicitly.
+    let directives = if config.log_level.contains("openraft") {
+        config.log_level.clone()
+    } else {
+        format!("{},openraft=warn", config.log_level)
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     // Escapes only for a terminal: a pipe or a file (systemd, docker logs) gets plain text.
     let fmt = tracing_subscriber::fmt().with_env_filter(filter);
     match config.log_format {

@@ -187,6 +187,8 @@ async fn kept_while_the_exchange_is_missing_and_while_the_target_is_full() {
     // No dead-letter exchange yet: at-least-once keeps all five, none ready.
     wait_dead_pending(&b, 5).await;
     assert_eq!(ready_count(&ch, "src").await, 0);
+    let q = api(&b).ok("/api/queues/%2f/src").await;
+    assert_eq!(q["message_bytes_dlx"], 5 * "task-0".len(), "{q}");
     // A target with room for two: the rest wait in the source until it drains.
     let ch2 = channel(&conn).await;
     declare_target(&ch2, 2).await;
@@ -206,6 +208,7 @@ async fn at_most_once_drops_what_has_no_route() {
     assert_eq!(ready_count(&ch, "src").await, 0);
     let q = api(&b).ok("/api/queues/%2f/src").await;
     assert_eq!(q["messages_dlx"], 0, "{q}");
+    assert_eq!(q["message_bytes_dlx"], 0, "{q}");
     assert_eq!(q["messages"], 0, "{q}");
 }
 
@@ -230,4 +233,48 @@ async fn dead_lettered_messages_survive_a_restart_until_delivered() {
     declare_target(&ch, 100).await;
     assert_eq!(drain_target(&ch, 4).await, tasks(4));
     wait_dead_pending(&b, 0).await;
+}
+
+#[tokio::test]
+async fn a_policy_can_make_dead_lettering_at_least_once() {
+    let b = start_broker().await;
+    let (code, body) = api(&b)
+        .put(
+            "/api/policies/%2f/alo",
+            serde_json::json!({
+                "pattern": "^src$",
+                "apply-to": "queues",
+                "definition": {
+                    "dead-letter-strategy": "at-least-once",
+                    "overflow": "reject-publish",
+                    "dead-letter-exchange": "dlx",
+                    "dead-letter-routing-key": "dead",
+                },
+            }),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, _) = api(&b)
+        .put(
+            "/api/policies/%2f/bad",
+            serde_json::json!({"pattern": "x", "definition": {"dead-letter-strategy": "sometimes"}}),
+        )
+        .await;
+    assert_eq!(code, 400);
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    within(
+        "declare source",
+        ch.queue_declare(
+            "src".into(),
+            durable(),
+            table(&[("x-queue-type", text("quorum"))]),
+        ),
+    )
+    .await
+    .expect("declared");
+    publish_and_reject(&ch, 2).await;
+    wait_dead_pending(&b, 2).await;
+    declare_target(&ch, 10).await;
+    assert_eq!(drain_target(&ch, 2).await, tasks(2));
 }

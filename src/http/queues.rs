@@ -76,9 +76,11 @@ pub struct QueueRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     raft_log_entries: Option<usize>,
     /// Quorum queues: messages dead-lettered at least once and not yet taken by every
-    /// target (kept in the queue until then).
+    /// target (kept in the queue until then), and their body bytes, as RabbitMQ shows.
     #[serde(skip_serializing_if = "Option::is_none")]
     messages_dlx: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_bytes_dlx: Option<u64>,
 }
 
 impl Row for QueueRow {
@@ -166,6 +168,7 @@ pub fn queue_row(ctx: &Ctx, v: &VHost, q: &Queue) -> QueueRow {
         }),
         raft_log_entries: q.quorum.as_ref().map(|g| g.log_entries()),
         messages_dlx: q.quorum.as_ref().map(|g| g.dead_letter_pending()),
+        message_bytes_dlx: q.quorum.as_ref().map(|g| g.dead_letter_bytes()),
     }
 }
 

@@ -43,6 +43,10 @@ impl DeadPending {
             accepted: Vec::new(),
         }
     }
+
+    pub fn body_len(&self) -> u64 {
+        self.qm.msg.body.len() as u64
+    }
 }
 
 impl Quorum {
@@ -54,6 +58,8 @@ impl Quorum {
                 .extend(dead.iter().map(|(qm, reason)| (qm.seq, reason.code())))
         });
         self.dlx_count.fetch_add(dead.len(), Ordering::AcqRel);
+        let bytes: u64 = dead.iter().map(|(qm, _)| qm.msg.body.len() as u64).sum();
+        self.dlx_bytes.fetch_add(bytes, Ordering::AcqRel);
         self.dlx.lock().extend(
             dead.into_iter()
                 .map(|(qm, reason)| DeadPending::new(qm, reason)),
@@ -65,6 +71,11 @@ impl Quorum {
     /// `messages_dlx`).
     pub fn dead_letter_pending(&self) -> usize {
         self.dlx_count.load(Ordering::Acquire)
+    }
+
+    /// Body bytes of those messages (`message_bytes_dlx`).
+    pub fn dead_letter_bytes(&self) -> u64 {
+        self.dlx_bytes.load(Ordering::Acquire)
     }
 
     /// Start the worker, or wake it if it runs.
@@ -183,6 +194,8 @@ impl Quorum {
         }
         if !complete.is_empty() {
             self.dlx_count.fetch_sub(complete.len(), Ordering::AcqRel);
+            let bytes: u64 = complete.iter().map(|p| p.qm.msg.body.len() as u64).sum();
+            self.dlx_bytes.fetch_sub(bytes, Ordering::AcqRel);
             self.settle_all(complete.iter().map(|p| p.qm.seq).collect());
         }
         retry

@@ -213,6 +213,7 @@ pub struct Quorum {
     pub(super) dlx_running: AtomicBool,
     /// Messages marked dead and not yet settled (those in `dlx` and those in a round).
     pub(super) dlx_count: std::sync::atomic::AtomicUsize,
+    pub(super) dlx_bytes: AtomicU64,
     pub(super) dlx_wake: Notify,
     /// The classic store (a dead-lettered message persisted in a classic target is there
     /// once its write epoch is flushed).
@@ -300,6 +301,7 @@ impl Quorum {
             fresh,
             log,
             dlx_count: std::sync::atomic::AtomicUsize::new(dead.len()),
+            dlx_bytes: AtomicU64::new(dead.iter().map(|p| p.body_len()).sum()),
             dlx: Mutex::new(dead),
             dlx_running: AtomicBool::new(false),
             dlx_wake: Notify::new(),
