@@ -263,3 +263,14 @@ def connect(params) -> Callable[..., pika.BlockingConnection]:
                 conn.close()
         except Exception:
             pass
+
+
+def poll(fn, timeout=10.0, step=0.02):
+    """Call fn until it returns something truthy and return that, bounded in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(step)  # polling, bounded by the deadline above
+    raise AssertionError("condition not met in time")

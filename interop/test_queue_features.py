@@ -7,22 +7,11 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pika
+from conftest import poll
 
 PRIORITIES = [1, 9, 5, 9, 1, 5, 0, 9]
-
-
-def poll(fn, timeout=10.0, step=0.02):
-    """Call fn until it returns something truthy, bounded in time."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
 def test_pipeline_priorities_rejections_and_dlq(names, connect):

@@ -6,24 +6,13 @@ at-least-once dead-lettering that waits for a missing target. Every wait is boun
 
 from __future__ import annotations
 
-import time
-
 import pika
 import pika.exceptions
 import pytest
 
+from conftest import poll
+
 QUORUM = {"x-queue-type": "quorum"}
-
-
-def poll(fn, timeout=15.0, step=0.05):
-    """Call fn until it returns something truthy, bounded in time."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
 def get(ch, queue):
@@ -32,7 +21,7 @@ def get(ch, queue):
     def once():
         method, props, body = ch.basic_get(queue)
         return (method, props, body) if method is not None else None
-    return poll(once)
+    return poll(once, timeout=15.0)
 
 
 def delivery_count(props):

@@ -42,6 +42,90 @@ async fn connect(port: u16) -> Connection {
     panic!("broker did not accept connections on {port}");
 }
 
+/// Publish persistent messages `<round>-<n>` with confirms in batches of 50 until the
+/// broker dies; the confirmed ids go to `confirmed`.
+async fn spawn_publisher(
+    port: u16,
+    queue: &'static str,
+    round: usize,
+    confirmed: Arc<Mutex<HashSet<String>>>,
+) -> tokio::task::JoinHandle<Result<(), lapin::Error>> {
+    let conn = connect(port).await;
+    tokio::spawn(async move {
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let mut i = 0u64;
+        loop {
+            let mut batch = Vec::new();
+            for _ in 0..50 {
+                let id = format!("{round}-{i}");
+                i += 1;
+                let c = ch
+                    .basic_publish(
+                        "".into(),
+                        queue.into(),
+                        BasicPublishOptions::default(),
+                        id.as_bytes(),
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await?;
+                batch.push((id, c));
+            }
+            for (id, c) in batch {
+                if c.await?.is_ack() {
+                    confirmed.lock().unwrap().insert(id);
+                }
+            }
+        }
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Settle {
+    Ack,
+    /// Reject without requeue (dead-letters).
+    Reject,
+}
+
+/// Consume (prefetch 20) and settle every delivery until the broker dies; the settled ids
+/// go to `settled`.
+async fn spawn_consumer(
+    port: u16,
+    queue: &'static str,
+    settle: Settle,
+    settled: Arc<Mutex<HashSet<String>>>,
+) -> tokio::task::JoinHandle<Result<(), lapin::Error>> {
+    let conn = connect(port).await;
+    tokio::spawn(async move {
+        let ch = conn.create_channel().await?;
+        ch.basic_qos(20, BasicQosOptions::default()).await?;
+        let mut c = ch
+            .basic_consume(
+                queue.into(),
+                "c".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        while let Some(d) = c.next().await {
+            let d = d?;
+            let id = String::from_utf8_lossy(&d.data).into_owned();
+            match settle {
+                Settle::Ack => {
+                    ch.basic_ack(d.delivery_tag, BasicAckOptions::default())
+                        .await?
+                }
+                Settle::Reject => {
+                    ch.basic_reject(d.delivery_tag, BasicRejectOptions { requeue: false })
+                        .await?
+                }
+            }
+            settled.lock().unwrap().insert(id);
+        }
+        Ok(())
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_confirmed_message() {
     kill_9_rounds(FieldTable::default(), rounds()).await;
@@ -78,60 +162,8 @@ async fn kill_9_rounds(args: FieldTable, rounds: usize) {
         let confirmed = Arc::new(Mutex::new(HashSet::<String>::new()));
         let acked = Arc::new(Mutex::new(HashSet::<String>::new()));
 
-        let pub_conn = connect(port).await;
-        let confirmed_w = confirmed.clone();
-        let publisher = tokio::spawn(async move {
-            let ch = pub_conn.create_channel().await?;
-            ch.confirm_select(ConfirmSelectOptions::default()).await?;
-            let mut i = 0u64;
-            loop {
-                let mut batch = Vec::new();
-                for _ in 0..50 {
-                    let id = format!("{round}-{i}");
-                    i += 1;
-                    let c = ch
-                        .basic_publish(
-                            "".into(),
-                            "crash".into(),
-                            BasicPublishOptions::default(),
-                            id.as_bytes(),
-                            BasicProperties::default().with_delivery_mode(2),
-                        )
-                        .await?;
-                    batch.push((id, c));
-                }
-                for (id, c) in batch {
-                    if c.await?.is_ack() {
-                        confirmed_w.lock().unwrap().insert(id);
-                    }
-                }
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), lapin::Error>(())
-        });
-
-        let con_conn = connect(port).await;
-        let acked_w = acked.clone();
-        let consumer = tokio::spawn(async move {
-            let ch = con_conn.create_channel().await?;
-            ch.basic_qos(20, BasicQosOptions::default()).await?;
-            let mut c = ch
-                .basic_consume(
-                    "crash".into(),
-                    "c".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            while let Some(d) = c.next().await {
-                let d = d?;
-                let id = String::from_utf8_lossy(&d.data).into_owned();
-                ch.basic_ack(d.delivery_tag, BasicAckOptions::default())
-                    .await?;
-                acked_w.lock().unwrap().insert(id);
-            }
-            Ok::<(), lapin::Error>(())
-        });
+        let publisher = spawn_publisher(port, "crash", round, confirmed.clone()).await;
+        let consumer = spawn_consumer(port, "crash", Settle::Ack, acked.clone()).await;
 
         let delay = rng.random_range(50..400);
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -223,51 +255,10 @@ async fn kill_9_loses_no_message_dead_lettered_at_least_once() {
         let setup = connect(port).await;
         declare_both(setup.create_channel().await.unwrap(), src_args.clone()).await;
         let confirmed = Arc::new(Mutex::new(HashSet::<String>::new()));
-        let rejected = Arc::new(Mutex::new(0usize));
+        let rejected = Arc::new(Mutex::new(HashSet::<String>::new()));
 
-        let pub_conn = connect(port).await;
-        let confirmed_w = confirmed.clone();
-        let publisher = tokio::spawn(async move {
-            let ch = pub_conn.create_channel().await?;
-            ch.confirm_select(ConfirmSelectOptions::default()).await?;
-            for i in 0u64.. {
-                let id = format!("{round}-{i}");
-                let c = ch
-                    .basic_publish(
-                        "".into(),
-                        "crash-src".into(),
-                        BasicPublishOptions::default(),
-                        id.as_bytes(),
-                        BasicProperties::default().with_delivery_mode(2),
-                    )
-                    .await?;
-                if c.await?.is_ack() {
-                    confirmed_w.lock().unwrap().insert(id);
-                }
-            }
-            Ok::<(), lapin::Error>(())
-        });
-        let con_conn = connect(port).await;
-        let rejected_w = rejected.clone();
-        let consumer = tokio::spawn(async move {
-            let ch = con_conn.create_channel().await?;
-            ch.basic_qos(20, BasicQosOptions::default()).await?;
-            let mut c = ch
-                .basic_consume(
-                    "crash-src".into(),
-                    "c".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            while let Some(d) = c.next().await {
-                let d = d?;
-                ch.basic_reject(d.delivery_tag, BasicRejectOptions { requeue: false })
-                    .await?;
-                *rejected_w.lock().unwrap() += 1;
-            }
-            Ok::<(), lapin::Error>(())
-        });
+        let publisher = spawn_publisher(port, "crash-src", round, confirmed.clone()).await;
+        let consumer = spawn_consumer(port, "crash-src", Settle::Reject, rejected.clone()).await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
         child.kill9();
         let _ = within("publisher ends", publisher).await;
@@ -308,7 +299,7 @@ async fn kill_9_loses_no_message_dead_lettered_at_least_once() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        total_dead += *rejected.lock().unwrap();
+        total_dead += rejected.lock().unwrap().len();
         let _ = conn.close(200, "bye".into()).await;
         child.kill9();
     }
