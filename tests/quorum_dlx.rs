@@ -278,3 +278,48 @@ async fn a_policy_can_make_dead_lettering_at_least_once() {
     declare_target(&ch, 10).await;
     assert_eq!(drain_target(&ch, 2).await, tasks(2));
 }
+
+#[tokio::test]
+async fn an_expired_message_routed_only_back_into_its_queue_is_dropped() {
+    let b = start_broker().await;
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    let args = table(&[
+        ("x-queue-type", text("quorum")),
+        ("x-overflow", text("reject-publish")),
+        ("x-message-ttl", AMQPValue::LongInt(20)),
+        ("x-dead-letter-exchange", text("")),
+        ("x-dead-letter-routing-key", text("loop")),
+        ("x-dead-letter-strategy", text("at-least-once")),
+    ]);
+    within("declare", ch.queue_declare("loop".into(), durable(), args))
+        .await
+        .expect("declared");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    let c = within(
+        "publish",
+        ch.basic_publish(
+            "".into(),
+            "loop".into(),
+            BasicPublishOptions::default(),
+            b"round and round",
+            BasicProperties::default(),
+        ),
+    )
+    .await
+    .expect("publish");
+    assert!(within("confirm", c).await.expect("confirm").is_ack());
+    // An automatic cycle (expired, back into the same queue) is cut: the message is
+    // dropped, not kept for a target that can never take it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let q = api(&b).ok("/api/queues/%2f/loop").await;
+        if q["messages"] == 0 && q["messages_dlx"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never dropped: {q}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -226,8 +226,9 @@ pub enum DeadRoute {
     NoExchange,
     /// A delayed-message exchange holds it until its delay ends.
     Held,
-    /// Routed: the target queues are in the caller's buffer (possibly none).
-    Routed,
+    /// Routed: the target queues are in the caller's buffer (possibly none), and how many
+    /// were left out as automatic cycles.
+    Routed { cycles: usize },
 }
 
 /// Route a dead-lettered message (from `dead_message`) through its exchange; the target
@@ -245,6 +246,7 @@ pub fn dead_targets(
         return DeadRoute::Held;
     }
     vhost.route(&exchange, msg, targets);
+    let routed = targets.len();
     targets.retain(|q| {
         let cycle = reason != DeathReason::Rejected && is_automatic_cycle(q.name(), msg);
         if cycle {
@@ -255,7 +257,9 @@ pub fn dead_targets(
         }
         !cycle
     });
-    DeadRoute::Routed
+    DeadRoute::Routed {
+        cycles: routed - targets.len(),
+    }
 }
 
 /// Republish messages that died in `queue` to its dead-letter exchange, at most once: a

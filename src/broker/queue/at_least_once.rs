@@ -155,8 +155,9 @@ impl Quorum {
             let done = match dead_targets(&vhost, &msg, p.reason, &mut targets) {
                 DeadRoute::NoExchange => false,
                 DeadRoute::Held => true,
-                DeadRoute::Routed => {
-                    let mut done = !targets.is_empty() || !p.accepted.is_empty();
+                DeadRoute::Routed { cycles } => {
+                    // Routed only back into a cycle: dropped, as RabbitMQ does.
+                    let mut done = !targets.is_empty() || !p.accepted.is_empty() || cycles > 0;
                     for t in targets.drain(..) {
                         if p.accepted.iter().any(|n| n == t.name()) {
                             continue;
