@@ -110,7 +110,7 @@ def test_max_length_reject_publish_nacks_the_publisher(names, connect):
 def test_at_least_once_dead_lettering_waits_for_a_missing_target(names, connect, broker):
     if broker.process is None:
         # RabbitMQ 3.10.8 keeps the messages too, but retries an unroutable at-least-once
-        # message only on its worker's long timer: not within this test's bound.
+        # message every 180 s (measured): not within this test's bound.
         pytest.skip("the retry interval is WarrenMQ's (1 s)")
     q, dlx, dlq = names.queue("qq"), names.exchange("dlx"), names.queue("dlq")
     ch = connect().channel()
