@@ -323,3 +323,41 @@ async fn an_expired_message_routed_only_back_into_its_queue_is_dropped() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn messages_waiting_for_their_target_count_towards_the_length_limit() {
+    let b = start_broker().await;
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    let args = table(&[
+        ("x-queue-type", text("quorum")),
+        ("x-overflow", text("reject-publish")),
+        ("x-max-length", AMQPValue::LongInt(3)),
+        ("x-dead-letter-exchange", text("dlx")),
+        ("x-dead-letter-strategy", text("at-least-once")),
+    ]);
+    within("declare", ch.queue_declare("src".into(), durable(), args))
+        .await
+        .expect("declared");
+    publish_and_reject(&ch, 2).await;
+    wait_dead_pending(&b, 2).await;
+    // Two of three places are taken by messages on their way out (RabbitMQ counts them).
+    let mut acks = Vec::new();
+    for body in [&b"third"[..], b"fourth"] {
+        let c = within(
+            "publish",
+            ch.basic_publish(
+                "".into(),
+                "src".into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            ),
+        )
+        .await
+        .expect("publish");
+        acks.push(within("confirm", c).await.expect("confirm").is_ack());
+    }
+    assert_eq!(acks, [true, false]);
+    assert_eq!(ready_count(&ch, "src").await, 1);
+}

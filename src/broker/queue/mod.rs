@@ -301,8 +301,12 @@ impl Queue {
         let len = msg.body.len() as u64;
         let overflow = self.args.load().overflow;
         if overflow != Overflow::DropHead {
-            let pending = group.in_flight.load(Ordering::Relaxed) as usize;
-            let pending_bytes = group.in_flight_bytes.load(Ordering::Relaxed);
+            // Proposed but not applied yet, and (as RabbitMQ counts them) dead-lettered at
+            // least once but not yet taken by every target.
+            let pending =
+                group.in_flight.load(Ordering::Relaxed) as usize + group.dead_letter_pending();
+            let pending_bytes =
+                group.in_flight_bytes.load(Ordering::Relaxed) + group.dead_letter_bytes();
             let over = {
                 let inner = self.inner.lock();
                 self.over_limit(&inner.ready, 1 + pending, len + pending_bytes)
