@@ -88,41 +88,44 @@ impl Quorum {
         tokio::spawn(async move { q.dlx_worker().await });
     }
 
+    /// New dead messages go out at once; the ones no target took wait here (not in `dlx`)
+    /// until their retry time, so a stream of new deaths does not resend them each time.
     async fn dlx_worker(self: Arc<Self>) {
+        let mut waiting: Vec<DeadPending> = Vec::new();
+        let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
-            let batch = if self.closed.load(Ordering::Acquire) {
+            if self.closed.load(Ordering::Acquire) {
                 // Stopping: what is left is in the log and resumes at the next start.
-                Vec::new()
-            } else {
-                std::mem::take(&mut *self.dlx.lock())
-            };
+                self.dlx_running.store(false, Ordering::Release);
+                return;
+            }
+            let mut batch = std::mem::take(&mut *self.dlx.lock());
+            if retry_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                batch.append(&mut waiting);
+                retry_at = None;
+            }
             if batch.is_empty() {
+                if let Some(at) = retry_at {
+                    let _ = tokio::time::timeout_at(at, self.dlx_wake.notified()).await;
+                    continue;
+                }
                 self.dlx_running.store(false, Ordering::Release);
                 // A message may have come in between the take and the flag.
-                if self.closed.load(Ordering::Acquire)
-                    || self.dlx.lock().is_empty()
-                    || self.dlx_running.swap(true, Ordering::AcqRel)
-                {
+                if self.dlx.lock().is_empty() || self.dlx_running.swap(true, Ordering::AcqRel) {
                     return;
                 }
                 continue;
             }
-            let retry = self.dead_letter_round(batch).await;
-            if retry.is_empty() {
-                continue;
+            let mut retry = self.dead_letter_round(batch).await;
+            if !retry.is_empty() {
+                tracing::debug!(
+                    group = self.group,
+                    messages = retry.len(),
+                    "dead-lettered messages not taken by every target; retrying"
+                );
+                waiting.append(&mut retry);
+                retry_at.get_or_insert_with(|| tokio::time::Instant::now() + RETRY_AFTER);
             }
-            let n = retry.len();
-            {
-                let mut pending = self.dlx.lock();
-                let newer = std::mem::replace(&mut *pending, retry);
-                pending.extend(newer);
-            }
-            tracing::debug!(
-                group = self.group,
-                messages = n,
-                "dead-lettered messages not taken by every target; retrying"
-            );
-            let _ = tokio::time::timeout(RETRY_AFTER, self.dlx_wake.notified()).await;
         }
     }
 
@@ -185,12 +188,12 @@ impl Quorum {
             }
         }
         if !self.targets_durable(epoch, &tickets).await {
-            // Not known to be durable: everything goes round again (a target may get a
-            // message twice, which at-least-once allows).
-            for p in &mut complete {
+            // Not known to be durable: everything goes round again, to every target (one may
+            // get a message twice, which at-least-once allows).
+            retry.append(&mut complete);
+            for p in &mut retry {
                 p.accepted.clear();
             }
-            retry.append(&mut complete);
             return retry;
         }
         if !complete.is_empty() {
