@@ -38,22 +38,6 @@ async fn declare_quorum(ch: &lapin::Channel, name: &str, extra: &[(&str, AMQPVal
     .expect("quorum queue declared");
 }
 
-async fn confirmed(ch: &lapin::Channel, q: &str, body: &[u8], props: BasicProperties) -> bool {
-    let c = within(
-        "publish",
-        ch.basic_publish(
-            "".into(),
-            q.into(),
-            BasicPublishOptions::default(),
-            body,
-            props,
-        ),
-    )
-    .await
-    .expect("publish");
-    within("confirm", c).await.expect("confirm").is_ack()
-}
-
 async fn get(ch: &lapin::Channel, q: &str) -> Option<lapin::message::BasicGetMessage> {
     within(
         "basic.get",

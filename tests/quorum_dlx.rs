@@ -93,19 +93,9 @@ async fn publish_and_reject(ch: &lapin::Channel, n: u32) {
         .await
         .expect("confirm.select");
     for i in 0..n {
-        let c = within(
-            "publish",
-            ch.basic_publish(
-                "".into(),
-                "src".into(),
-                BasicPublishOptions::default(),
-                format!("task-{i}").as_bytes(),
-                BasicProperties::default().with_delivery_mode(2),
-            ),
-        )
-        .await
-        .expect("publish");
-        assert!(within("confirm", c).await.expect("confirm").is_ack());
+        let body = format!("task-{i}");
+        let props = BasicProperties::default().with_delivery_mode(2);
+        assert!(confirmed(ch, "src", body.as_bytes(), props).await);
     }
     for _ in 0..n {
         let m = within(
@@ -298,19 +288,7 @@ async fn an_expired_message_routed_only_back_into_its_queue_is_dropped() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirm.select");
-    let c = within(
-        "publish",
-        ch.basic_publish(
-            "".into(),
-            "loop".into(),
-            BasicPublishOptions::default(),
-            b"round and round",
-            BasicProperties::default(),
-        ),
-    )
-    .await
-    .expect("publish");
-    assert!(within("confirm", c).await.expect("confirm").is_ack());
+    assert!(confirmed(&ch, "loop", b"round and round", BasicProperties::default()).await);
     // An automatic cycle (expired, back into the same queue) is cut: the message is
     // dropped, not kept for a target that can never take it.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -344,19 +322,7 @@ async fn messages_waiting_for_their_target_count_towards_the_length_limit() {
     // Two of three places are taken by messages on their way out (RabbitMQ counts them).
     let mut acks = Vec::new();
     for body in [&b"third"[..], b"fourth"] {
-        let c = within(
-            "publish",
-            ch.basic_publish(
-                "".into(),
-                "src".into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default(),
-            ),
-        )
-        .await
-        .expect("publish");
-        acks.push(within("confirm", c).await.expect("confirm").is_ack());
+        acks.push(confirmed(&ch, "src", body, BasicProperties::default()).await);
     }
     assert_eq!(acks, [true, false]);
     assert_eq!(ready_count(&ch, "src").await, 1);

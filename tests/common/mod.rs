@@ -159,7 +159,23 @@ pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
     .expect("publish");
 }
 
-/// Next delivery from a lapin consumer, bounded in time.
+/// Publish through the default exchange on a channel in confirm mode; true if acked.
+pub async fn confirmed(ch: &Channel, q: &str, body: &[u8], props: lapin::BasicProperties) -> bool {
+    let c = within(
+        "publish",
+        ch.basic_publish(
+            "".into(),
+            q.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        ),
+    )
+    .await
+    .expect("publish");
+    within("confirm", c).await.expect("confirm").is_ack()
+}
+
 /// Publish a persistent message through the default exchange; its confirm, to await later.
 pub async fn publish_persistent(ch: &Channel, q: &str, body: &[u8]) -> lapin::PublisherConfirm {
     within(
@@ -176,6 +192,7 @@ pub async fn publish_persistent(ch: &Channel, q: &str, body: &[u8]) -> lapin::Pu
     .expect("publish")
 }
 
+/// Next delivery from a lapin consumer, bounded in time.
 pub async fn next(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
     use futures_lite::StreamExt;
     within("delivery", consumer.next())
