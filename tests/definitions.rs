@@ -373,3 +373,29 @@ async fn md5_users_from_old_exports_log_in() {
     assert_eq!(legacy["hashing_algorithm"], "rabbit_password_hashing_md5");
     assert_eq!(legacy["password_hash"], hash.as_str());
 }
+
+#[tokio::test]
+async fn vhost_default_queue_types_import_when_served_here() {
+    let b = start_broker().await;
+    let a = api(&b);
+    let defs = json!({"vhosts": [
+        {"name": "qq", "default_queue_type": "quorum"},
+        {"name": "streams", "metadata": {"default_queue_type": "stream"}},
+    ]});
+    assert_eq!(a.post("/api/definitions", defs).await.0, 204);
+    assert_eq!(a.ok("/api/vhosts/qq").await["default_queue_type"], "quorum");
+    // Not served here: the node's default (classic) applies instead of refusing declares.
+    assert_eq!(
+        a.ok("/api/vhosts/streams").await["default_queue_type"],
+        "classic"
+    );
+    let exported = a.ok("/api/definitions").await;
+    let qq = exported["vhosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "qq")
+        .cloned()
+        .unwrap();
+    assert_eq!(qq["default_queue_type"], "quorum", "{qq}");
+}

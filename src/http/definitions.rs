@@ -172,12 +172,19 @@ pub fn export(ctx: &Ctx, vhost: Option<&VHost>) -> Value {
                         .iter()
                         .map(|v| {
                             let r = v.settings.read().record.clone();
-                            json!({
+                            let mut j = json!({
                                 "name": v.name,
                                 "description": r.description,
                                 "tags": r.tags,
                                 "metadata": {"description": r.description, "tags": r.tags},
-                            })
+                            });
+                            // The vhost's own default only (as RabbitMQ 3.13 exports it), so
+                            // that another node's default still applies where none is set.
+                            if let Some(t) = &r.default_queue_type {
+                                j["default_queue_type"] = json!(t);
+                                j["metadata"]["default_queue_type"] = json!(t);
+                            }
+                            j
                         })
                         .collect(),
                 ),
@@ -265,10 +272,7 @@ pub fn import(ctx: &Ctx, defs: &Value, only: Option<&str>) -> Result<(), String>
                     .unwrap_or("")
                     .to_string(),
                 tags: parse_tags(v.get("tags").or_else(|| meta.and_then(|m| m.get("tags")))),
-                default_queue_type: v
-                    .get("default_queue_type")
-                    .and_then(|d| d.as_str())
-                    .map(str::to_string),
+                default_queue_type: import_default_queue_type(v),
                 limits: broker
                     .vhost(text(v, "name")?)
                     .map(|v| v.settings.read().record.limits.clone())
@@ -426,4 +430,24 @@ async fn import_vhost(
     ctx.broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
     import(&ctx, &body.0, Some(&vhost)).map_err(ApiError::bad_request)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A vhost's `default_queue_type` from a definitions file: a type this broker does not
+/// serve (RabbitMQ exports `stream` or `undefined` too) is left out, so declarations there
+/// take the node's default instead of being refused.
+fn import_default_queue_type(v: &Value) -> Option<String> {
+    let t = v
+        .get("default_queue_type")
+        .or_else(|| v.get("metadata").and_then(|m| m.get("default_queue_type")))?
+        .as_str()?;
+    if crate::broker::vhosts::QUEUE_TYPES.contains(&t) {
+        Some(t.to_string())
+    } else {
+        tracing::warn!(
+            vhost = v.get("name").and_then(|n| n.as_str()).unwrap_or(""),
+            default_queue_type = t,
+            "definitions: default queue type not served here; the node's default applies"
+        );
+        None
+    }
 }
