@@ -45,10 +45,11 @@ depth() {
 
 start
 for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$HTTP/api/health/checks/alarms" && break; sleep 0.1; done
+RSS0=$(rss_mb)
 "$RAWGEN" --uri "amqp://guest:guest@127.0.0.1:$PORT/%2f" -x 1 -y 0 -s 1024 --persistent -c 1000 \
     --durable-queue -u backlog --keep-queues -z "$PUBLISH_SECS" --quiet --json >"$DATA/pub.json"
 echo "queued:        $(depth) messages"
-echo "broker RSS:    $(rss_mb) MB (after publishing)"
+echo "broker RSS:    $(rss_mb) MB (after publishing; $RSS0 MB before)"
 echo "data dir:      $(du -sh "$DATA/d" | cut -f1)"
 
 kill -TERM "$PID"; wait "$PID" || true; PID=""

@@ -591,3 +591,63 @@ async fn a_clean_stop_writes_the_last_round() {
     let ch = channel(&conn).await;
     assert_eq!(ready_count(&ch, "last").await, 10);
 }
+
+/// A message body that says where it belongs: its number, then filler.
+fn numbered(i: u32, len: usize) -> Vec<u8> {
+    let mut body = i.to_be_bytes().to_vec();
+    body.resize(len, (i % 251) as u8);
+    body
+}
+
+#[tokio::test]
+async fn a_deep_queue_keeps_a_memory_budget_and_reads_the_rest_back_from_its_log() {
+    const N: u32 = 6000;
+    const LEN: usize = 2048;
+    let mut b = start_broker().await;
+    let check = |m: &lapin::message::BasicGetMessage, i: u32| {
+        assert_eq!(m.delivery.data, numbered(i, LEN), "message {i}");
+    };
+    {
+        let conn = connect(&b).await;
+        let ch = channel(&conn).await;
+        declare_quorum(&ch, "deep", &[]).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let mut confirms = Vec::new();
+        for i in 0..N {
+            confirms.push(publish_persistent(&ch, "deep", &numbered(i, LEN)).await);
+        }
+        for c in confirms {
+            assert!(within("confirm", c).await.unwrap().is_ack());
+        }
+        // 12 MB queued: the ready list holds its budget (8 MB) and pages out the rest.
+        let q = api(&b).ok("/api/queues/%2f/deep").await;
+        assert_eq!(q["messages"], N as u64, "{q}");
+        assert!(q["messages_paged_out"].as_u64().unwrap() > 1000, "{q}");
+        assert!(q["message_bytes_ram"].as_u64().unwrap() <= 8 << 20, "{q}");
+        for i in 0..1000 {
+            let m = get(&ch, "deep").await.expect("a message");
+            check(&m, i);
+            m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+        }
+        let _ = conn.close(200, "bye".into()).await;
+    }
+    b.stop().await;
+    let dir = b.dir;
+    let b = start_broker_with(test_config(dir.path()), dir).await;
+    let q = api(&b).ok("/api/queues/%2f/deep").await;
+    assert_eq!(q["messages"], (N - 1000) as u64, "{q}");
+    assert!(
+        q["messages_paged_out"].as_u64().unwrap() > 0,
+        "recovery pages out too: {q}"
+    );
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    for i in 1000..N {
+        let m = get(&ch, "deep").await.expect("a message");
+        check(&m, i);
+        m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    assert!(get(&ch, "deep").await.is_none());
+}

@@ -58,6 +58,15 @@ pub struct QueueRow {
     messages_unacknowledged_details: Rate,
     message_bytes: u64,
     message_bytes_ready: u64,
+    /// Where the messages are, with RabbitMQ's names: in memory (ready ones held in memory
+    /// plus the unacknowledged, which always are) or paged out to disk. The byte counts are
+    /// of the ready messages' bodies.
+    messages_ram: u64,
+    messages_ready_ram: u64,
+    messages_unacknowledged_ram: u64,
+    message_bytes_ram: u64,
+    messages_paged_out: u64,
+    message_bytes_paged_out: u64,
     effective_policy_definition: serde_json::Map<String, Value>,
     message_stats: MessageStats,
     policy: Option<String>,
@@ -108,6 +117,8 @@ impl Row for QueueRow {
 
 pub fn queue_row(ctx: &Ctx, v: &VHost, q: &Queue) -> QueueRow {
     let (ready, bytes, consumers) = q.depth();
+    let (ready_ram, bytes_ram) = q.ready_in_memory();
+    let ready_ram = (ready_ram as u64).min(ready);
     let unacked = q.stats.unacked();
     let rates = ctx.rates.queue_rates(&v.name, q.name());
     let depth = ctx.rates.queue_depth_rates(&v.name, q.name());
@@ -146,6 +157,12 @@ pub fn queue_row(ctx: &Ctx, v: &VHost, q: &Queue) -> QueueRow {
         messages_unacknowledged_details: Rate::of(depth.unacked_rate),
         message_bytes: bytes,
         message_bytes_ready: bytes,
+        messages_ram: ready_ram + unacked,
+        messages_ready_ram: ready_ram,
+        messages_unacknowledged_ram: unacked,
+        message_bytes_ram: bytes_ram,
+        messages_paged_out: ready - ready_ram,
+        message_bytes_paged_out: bytes.saturating_sub(bytes_ram),
         effective_policy_definition,
         message_stats: message_stats(&q.stats.counts(), &rates),
         policy,

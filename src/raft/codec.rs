@@ -77,14 +77,14 @@ pub fn get_vote(b: &mut &[u8]) -> Option<Vote> {
     })
 }
 
-fn get_u8(b: &mut &[u8]) -> Option<u8> {
+pub fn get_u8(b: &mut &[u8]) -> Option<u8> {
     if b.is_empty() {
         return None;
     }
     Some(b.get_u8())
 }
 
-fn get_u32(b: &mut &[u8]) -> Option<u32> {
+pub fn get_u32(b: &mut &[u8]) -> Option<u32> {
     if b.len() < 4 {
         return None;
     }

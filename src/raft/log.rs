@@ -12,8 +12,11 @@
 //! Appending an entry at index i replaces every entry of that group from i on, as Raft
 //! requires, so a scan in file order rebuilds each group's log exactly.
 //!
-//! A segment is deleted once every group with entries in it has purged them (after a
-//! snapshot) or is gone. When a new segment starts, each group's vote, commit point and
+//! Entries stay in memory only until they are written and applied; after that openraft
+//! reads them back from their records. A quorum queue's state machine refers to its
+//! messages' entries by place (`EntryLoc`) rather than holding their bodies, so a segment
+//! is deleted once every group with entries in it has purged them (after a snapshot) or is
+//! gone, and no group's state machine still holds messages from it (pins). When a new segment starts, each group's vote, commit point and
 //! purge point are written again at its head, so old segments never hold the only copy.
 //!
 //! Recovery reads every segment. A record whose CRC fails, or an index missing inside a
@@ -41,11 +44,24 @@ const TRUNCATE: u64 = CTRL | 4;
 /// A segment is closed and a new one started past this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
 
+/// Where an entry's record is: its segment and the record's offset in it. A quorum queue
+/// reads its messages back from there (paging, recovery) instead of keeping them in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryLoc {
+    pub seg: u32,
+    pub off: u64,
+}
+
 /// One group's log as it stands: what openraft reads back, and what recovery found.
 #[derive(Default)]
 pub struct GroupLog {
-    /// Entries after the purge point, by index.
+    /// Entries after the purge point not yet applied (or not yet written), by index.
+    /// Applied entries are read back from their records when openraft asks for them.
     pub entries: BTreeMap<u64, Entry>,
+    /// Where the written entries after the purge point are, with their ids.
+    pub locs: BTreeMap<u64, (LogId, EntryLoc)>,
+    /// Highest index the state machine applied: entries up to it leave memory once written.
+    pub applied: u64,
     pub vote: Option<Vote>,
     pub committed: Option<LogId>,
     pub purged: Option<LogId>,
@@ -55,11 +71,53 @@ pub struct GroupLog {
 
 impl GroupLog {
     pub fn last_log_id(&self) -> Option<LogId> {
-        self.entries
-            .values()
-            .next_back()
-            .map(|e| e.log_id)
-            .or(self.purged)
+        let in_memory = self.entries.values().next_back().map(|e| e.log_id);
+        let written = self.locs.values().next_back().map(|(id, _)| *id);
+        match (in_memory, written) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b).or(self.purged),
+        }
+    }
+
+    /// Entries from `index` on are gone (replaced or truncated).
+    pub fn cut(&mut self, index: u64) {
+        self.entries.split_off(&index);
+        self.locs.split_off(&index);
+    }
+
+    /// Entries up to `index` are purged.
+    pub fn purge_upto(&mut self, index: u64) {
+        self.entries = self.entries.split_off(&(index + 1));
+        self.locs = self.locs.split_off(&(index + 1));
+    }
+
+    /// The state machine applied up to `index`: written entries up to it leave memory.
+    pub fn applied_upto(&mut self, index: u64) {
+        self.applied = self.applied.max(index);
+        self.evict();
+    }
+
+    fn evict(&mut self) {
+        while let Some((&i, _)) = self.entries.first_key_value() {
+            if i > self.applied || !self.locs.contains_key(&i) {
+                break;
+            }
+            self.entries.pop_first();
+        }
+    }
+
+    /// Entries after the purge point (in memory or only in their records).
+    pub fn len(&self) -> usize {
+        self.locs.len()
+            + self
+                .entries
+                .keys()
+                .filter(|i| !self.locs.contains_key(i))
+                .count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -88,7 +146,15 @@ struct Segment {
 struct Files {
     /// Per segment: the highest entry index each group has there.
     live: BTreeMap<u32, HashMap<u64, u64>>,
+    /// Per segment: the groups whose state machines still hold messages of its records
+    /// (after those entries were purged). Such a segment stays.
+    pins: BTreeMap<u32, std::collections::HashSet<u64>>,
+    /// Open files to read records back from, with their salts.
+    handles: BTreeMap<u32, (Arc<dyn StoreFile>, u32)>,
     current: u32,
+    /// Pins are known only once every group's state machine is open: until then no
+    /// segment is deleted.
+    recovered: bool,
 }
 
 pub struct NodeLog {
@@ -101,6 +167,8 @@ pub struct NodeLog {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Fsync rounds done (metrics, tests).
     pub rounds: std::sync::atomic::AtomicU64,
+    /// A segment is closed past this size.
+    segment_bytes: u64,
 }
 
 fn segment_name(no: u32) -> String {
@@ -111,6 +179,15 @@ impl NodeLog {
     /// Open (or create) the log in `dir`, reading back every group's state. Damage is
     /// reported to `store`'s health.
     pub fn open(dir: &Path, store: Option<&Store>) -> std::io::Result<Arc<NodeLog>> {
+        Self::open_with(dir, store, SEGMENT_BYTES)
+    }
+
+    /// `open` with another segment size (tests).
+    pub fn open_with(
+        dir: &Path,
+        store: Option<&Store>,
+        segment_bytes: u64,
+    ) -> std::io::Result<Arc<NodeLog>> {
         let fs: Arc<dyn FileSystem> = Arc::new(RealFs);
         fs.create_dir_all(dir)?;
         let mut nos: Vec<u32> = fs
@@ -138,6 +215,7 @@ impl NodeLog {
                     continue;
                 }
             };
+            files.handles.insert(no, (file.clone(), salt));
             let live = files.live.entry(no).or_default();
             let mut bad: Vec<(u64, u64, Option<u64>)> = Vec::new();
             record::scan(&*file, size, salt, |found| match found {
@@ -148,7 +226,7 @@ impl NodeLog {
                     off,
                 } => {
                     let g = groups.entry(queue_id).or_default();
-                    if !apply_record(g, seq, body) {
+                    if !apply_record(g, seq, body, EntryLoc { seg: no, off }) {
                         bad.push((off, body.len() as u64, Some(queue_id)));
                         return;
                     }
@@ -175,7 +253,7 @@ impl NodeLog {
         // A hole in a group's indexes: records whose headers were damaged.
         for (id, g) in groups.iter_mut() {
             let mut expect = g.purged.map(|p| p.index + 1);
-            for &i in g.entries.keys() {
+            for &i in g.locs.keys() {
                 if expect.is_some_and(|e| e != i) && g.damaged.is_none() {
                     g.damaged = Some(format!("log entries missing before index {i}"));
                     tracing::error!(group = id, index = i, "quorum log entries missing");
@@ -198,6 +276,7 @@ impl NodeLog {
             wake: Condvar::new(),
             writer: Mutex::new(None),
             rounds: Default::default(),
+            segment_bytes,
         });
         let segment = log.start_segment()?;
         let w = log.clone();
@@ -216,6 +295,11 @@ impl NodeLog {
     /// Groups no queue claimed after recovery (their queue was deleted): forget them so
     /// their segments can go.
     pub fn retain_groups(&self, keep: impl Fn(u64) -> bool) {
+        {
+            let mut files = self.files.lock();
+            files.recovered = true;
+            self.delete_dead_segments(&mut files);
+        }
         let gone: Vec<u64> = self
             .groups
             .lock()
@@ -234,6 +318,9 @@ impl NodeLog {
         let mut files = self.files.lock();
         for live in files.live.values_mut() {
             live.remove(&id);
+        }
+        for pins in files.pins.values_mut() {
+            pins.remove(&id);
         }
         self.delete_dead_segments(&mut files);
     }
@@ -299,16 +386,51 @@ impl NodeLog {
         self.delete_dead_segments(&mut files);
     }
 
+    /// A group's state machine holds messages whose bodies are in segment `seg`.
+    pub fn pin(&self, group: u64, seg: u32) {
+        self.files.lock().pins.entry(seg).or_default().insert(group);
+    }
+
+    /// It no longer does: the segment may go once nothing else needs it.
+    pub fn unpin(&self, group: u64, seg: u32) {
+        let mut files = self.files.lock();
+        if let Some(p) = files.pins.get_mut(&seg) {
+            p.remove(&group);
+            if p.is_empty() {
+                files.pins.remove(&seg);
+                self.delete_dead_segments(&mut files);
+            }
+        }
+    }
+
+    /// Read an entry back from its record (CRCs checked).
+    pub fn read_entry(&self, loc: EntryLoc) -> std::io::Result<Entry> {
+        let (file, salt) = self
+            .files
+            .lock()
+            .handles
+            .get(&loc.seg)
+            .cloned()
+            .ok_or_else(|| std::io::Error::other(format!("segment {} is gone", loc.seg)))?;
+        let body = record::read_at(&*file, loc.off, salt)?;
+        codec::decode_entry(&body)
+            .ok_or_else(|| std::io::Error::other("quorum log entry does not decode"))
+    }
+
     fn delete_dead_segments(&self, files: &mut Files) {
+        if !files.recovered {
+            return;
+        }
         let current = files.current;
         let dead: Vec<u32> = files
             .live
             .iter()
-            .filter(|(no, live)| **no != current && live.is_empty())
+            .filter(|(no, live)| **no != current && live.is_empty() && !files.pins.contains_key(no))
             .map(|(no, _)| *no)
             .collect();
         for no in dead {
             files.live.remove(&no);
+            files.handles.remove(&no);
             let path = self.dir.join(segment_name(no));
             if let Err(e) = self.fs.remove(&path) {
                 tracing::warn!(file = %path.display(), error = %e, "could not delete a quorum log segment");
@@ -329,6 +451,7 @@ impl NodeLog {
         file.write_all_at(&record::file_header(salt), 0)?;
         file.sync_data()?;
         self.fs.sync_dir(&self.dir)?;
+        self.files.lock().handles.insert(no, (file.clone(), salt));
         Ok(Segment {
             no,
             file,
@@ -394,7 +517,7 @@ impl NodeLog {
             if records.is_empty() && done.is_empty() && stop {
                 break;
             }
-            if seg.size > SEGMENT_BYTES {
+            if seg.size > self.segment_bytes {
                 match self.roll(&seg) {
                     Ok(s) => seg = s,
                     Err(e) => {
@@ -404,7 +527,11 @@ impl NodeLog {
             }
             buf.clear();
             let mut highest: HashMap<u64, u64> = HashMap::new();
+            let mut written: Vec<(u64, u64, u64)> = Vec::new();
             for (group, seq, body) in &records {
+                if seq & CTRL == 0 {
+                    written.push((*group, *seq, seg.size + buf.len() as u64));
+                }
                 record::put_record(&mut buf, seg.salt, *group, *seq, |b| {
                     b.extend_from_slice(body)
                 });
@@ -426,6 +553,8 @@ impl NodeLog {
                         let max = live.entry(g).or_insert(0);
                         *max = (*max).max(h);
                     }
+                    drop(files);
+                    self.note_written(seg.no, &written);
                 }
                 Err(e) => tracing::error!(error = %e, "writing the quorum log failed"),
             }
@@ -442,6 +571,37 @@ impl NodeLog {
                         let _ = tx.send(r);
                     }
                 }
+            }
+        }
+    }
+
+    /// Record where the entries just written are, and let applied ones leave memory.
+    fn note_written(&self, seg: u32, written: &[(u64, u64, u64)]) {
+        let groups = self.groups.lock();
+        let mut last: Option<(u64, &Arc<Mutex<GroupLog>>)> = None;
+        let mut touched = Vec::new();
+        for &(group, index, off) in written {
+            let g = match last {
+                Some((id, g)) if id == group => g,
+                _ => match groups.get(&group) {
+                    Some(g) => {
+                        last = Some((group, g));
+                        g
+                    }
+                    None => continue,
+                },
+            };
+            let mut g = g.lock();
+            // The entry may have been replaced or purged since it was queued.
+            if let Some(log_id) = g.entries.get(&index).map(|e| e.log_id) {
+                g.locs.insert(index, (log_id, EntryLoc { seg, off }));
+                touched.push(group);
+            }
+        }
+        touched.dedup();
+        for group in touched {
+            if let Some(g) = groups.get(&group) {
+                g.lock().evict();
             }
         }
     }
@@ -464,7 +624,7 @@ impl Drop for NodeLog {
 }
 
 /// Apply one recovered record to a group's state. False if its body does not decode.
-fn apply_record(g: &mut GroupLog, seq: u64, body: &[u8]) -> bool {
+fn apply_record(g: &mut GroupLog, seq: u64, body: &[u8], loc: EntryLoc) -> bool {
     let mut b = body;
     match seq {
         VOTE => match codec::get_vote(&mut b) {
@@ -477,7 +637,7 @@ fn apply_record(g: &mut GroupLog, seq: u64, body: &[u8]) -> bool {
         },
         PURGED => match codec::get_log_id(&mut b) {
             Some(p) => {
-                g.entries = g.entries.split_off(&(p.index + 1));
+                g.purge_upto(p.index);
                 if g.purged.is_none_or(|old| old.index < p.index) {
                     g.purged = Some(p);
                 }
@@ -485,19 +645,18 @@ fn apply_record(g: &mut GroupLog, seq: u64, body: &[u8]) -> bool {
             None => return false,
         },
         TRUNCATE => match body.try_into().map(u64::from_be_bytes) {
-            Ok(i) => {
-                g.entries.split_off(&i);
-            }
+            Ok(i) => g.cut(i),
             Err(_) => return false,
         },
         s if s & CTRL != 0 => return false,
-        index => match codec::decode_entry(body) {
-            Some(e) if e.log_id.index == index => {
-                if g.purged.is_some_and(|p| index <= p.index) {
-                    return true;
-                }
-                g.entries.split_off(&index);
-                g.entries.insert(index, e);
+        // Purged: covered by the snapshot (its CRC was checked by the scan).
+        index if g.purged.is_some_and(|p| index <= p.index) => {}
+        // Only the id is read now: the entry stays in its record until it is replayed or
+        // asked for, so recovery does not hold the log in memory.
+        index => match codec::get_log_id(&mut b) {
+            Some(id) if id.index == index => {
+                g.cut(index);
+                g.locs.insert(index, (id, loc));
             }
             _ => return false,
         },
@@ -523,5 +682,117 @@ fn report(store: Option<&Store>, path: &Path, off: u64, len: u64, group: Option<
         None => {
             tracing::error!(file, offset = off, bytes = len, group = ?group, "{what} in the quorum log")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::QueueCommand;
+    use openraft::EntryPayload;
+
+    fn entry(index: u64, body: u8) -> Entry {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(QueueCommand {
+                origin: body as u64,
+                ..Default::default()
+            }),
+        }
+    }
+
+    async fn append(log: &NodeLog, group: u64, e: Entry) {
+        let g = log.group(group);
+        {
+            let mut g = g.lock();
+            g.cut(e.log_id.index);
+            g.entries.insert(e.log_id.index, e.clone());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        log.append(group, &[e], Done::Notify(tx));
+        rx.await.unwrap().unwrap();
+    }
+
+    fn segments(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".rlog"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn applied_entries_leave_memory_and_pinned_segments_outlive_their_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = NodeLog::open_with(dir.path(), None, 1).unwrap();
+        log.retain_groups(|_| true);
+        // Every round rolls to a new segment (1 byte segments): 1 has the head, 2.. entries.
+        for i in 1..=3 {
+            append(&log, 7, entry(i, i as u8)).await;
+        }
+        let g = log.group(7);
+        g.lock().applied_upto(2);
+        assert_eq!(
+            g.lock().entries.keys().copied().collect::<Vec<_>>(),
+            vec![3]
+        );
+        assert_eq!(g.lock().len(), 3);
+        let (_, loc) = g.lock().locs[&1];
+        let back = log.read_entry(loc).unwrap();
+        assert!(matches!(back.payload, EntryPayload::Normal(c) if c.origin == 1));
+        let first = loc.seg;
+        log.pin(7, first);
+        log.purge(7, &LogId::new(openraft::CommittedLeaderId::new(1, 1), 3));
+        g.lock().purge_upto(3);
+        let name = segment_name(first);
+        assert!(
+            segments(dir.path()).contains(&name),
+            "a pinned segment stays"
+        );
+        assert!(log.read_entry(loc).is_ok());
+        log.unpin(7, first);
+        assert!(
+            !segments(dir.path()).contains(&name),
+            "unpinned and purged: deleted"
+        );
+        log.close();
+    }
+
+    #[tokio::test]
+    async fn recovery_keeps_entries_on_disk_and_deletes_nothing_before_the_pins_are_known() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = NodeLog::open_with(dir.path(), None, 1).unwrap();
+            log.retain_groups(|_| true);
+            for i in 1..=3 {
+                append(&log, 7, entry(i, i as u8)).await;
+            }
+            log.purge(7, &LogId::new(openraft::CommittedLeaderId::new(1, 1), 2));
+            log.close();
+        }
+        let before = segments(dir.path());
+        let log = NodeLog::open_with(dir.path(), None, 1).unwrap();
+        let g = log.group(7);
+        assert!(
+            g.lock().entries.is_empty(),
+            "recovery reads no entry into memory"
+        );
+        assert_eq!(g.lock().locs.keys().copied().collect::<Vec<_>>(), vec![3]);
+        assert_eq!(g.lock().last_log_id().map(|l| l.index), Some(3));
+        let kept = segments(dir.path());
+        assert!(
+            before.iter().all(|s| kept.contains(s)),
+            "{before:?} -> {kept:?}"
+        );
+        log.retain_groups(|_| true);
+        assert!(
+            segments(dir.path()).len() < kept.len(),
+            "purged segments go once recovered"
+        );
+        let (_, loc) = g.lock().locs[&3];
+        assert!(log.read_entry(loc).is_ok());
+        log.close();
     }
 }

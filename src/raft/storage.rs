@@ -1,12 +1,14 @@
 //! openraft's log storage for one group, over the node's shared log: reads come from the
-//! group's entries in memory (those after the last snapshot), writes go to the shared
-//! writer, which reports durability back through openraft's `LogFlushed` callback.
+//! group's entries still in memory (not yet applied) or from their records on disk, writes
+//! go to the shared writer, which reports durability back through openraft's `LogFlushed`
+//! callback.
 
-use super::log::{Done, GroupLog, NodeLog};
+use super::log::{Done, EntryLoc, GroupLog, NodeLog};
 use super::{Entry, LogId, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, RaftLogReader, StorageIOError};
 use parking_lot::Mutex;
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::sync::Arc;
@@ -33,9 +35,37 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let state = self.state.lock();
-        Ok(state.entries.range(range).map(|(_, e)| e.clone()).collect())
+        // Entries still in memory, and where the others are (read outside the lock).
+        let wanted: Vec<Stored> = {
+            let state = self.state.lock();
+            let mut wanted: BTreeMap<u64, Stored> = state
+                .locs
+                .range(range.clone())
+                .map(|(i, (_, loc))| (*i, Stored::At(*loc)))
+                .collect();
+            for (i, e) in state.entries.range(range) {
+                wanted.insert(*i, Stored::Here(Box::new(e.clone())));
+            }
+            wanted.into_values().collect()
+        };
+        let mut out = Vec::with_capacity(wanted.len());
+        for w in wanted {
+            out.push(match w {
+                Stored::Here(e) => *e,
+                Stored::At(loc) => self
+                    .log
+                    .read_entry(loc)
+                    .map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?,
+            });
+        }
+        Ok(out)
     }
+}
+
+/// An entry openraft asked for: in memory, or only in its record.
+enum Stored {
+    Here(Box<Entry>),
+    At(EntryLoc),
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
@@ -89,7 +119,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut state = self.state.lock();
             if let Some(first) = entries.first() {
-                state.entries.split_off(&first.log_id.index);
+                state.cut(first.log_id.index);
             }
             for e in &entries {
                 state.entries.insert(e.log_id.index, e.clone());
@@ -101,7 +131,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.state.lock().entries.split_off(&log_id.index);
+        self.state.lock().cut(log_id.index);
         self.log.truncate(self.group, log_id.index);
         Ok(())
     }
@@ -109,7 +139,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         {
             let mut state = self.state.lock();
-            state.entries = state.entries.split_off(&(log_id.index + 1));
+            state.purge_upto(log_id.index);
             state.purged = Some(log_id);
         }
         self.log.purge(self.group, &log_id);

@@ -33,6 +33,11 @@ impl Queue {
     }
 
     /// (ready messages, their body bytes, consumers) under one lock.
+    /// Ready (messages, body bytes) held in memory rather than paged out.
+    pub fn ready_in_memory(&self) -> (usize, u64) {
+        self.inner.lock().ready.in_memory()
+    }
+
     pub fn depth(&self) -> (u64, u64, u32) {
         let inner = self.inner.lock();
         (

@@ -22,7 +22,7 @@ use crate::protocol::FieldTable;
 use crate::store::Store;
 use args::{Overflow, QueueArgs};
 use parking_lot::Mutex;
-use ready::{Pager, ReadyList};
+use ready::{PageSource, Pager, ReadyList};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -116,29 +116,30 @@ impl Queue {
     pub fn new(spec: QueueSpec, vhost: &Arc<VHost>, store: Option<Arc<Store>>) -> Arc<Self> {
         let args = QueueArgs::from_table(&spec.arguments);
         let store = store.filter(|_| spec.store_id.is_some());
-        let (quorum, recovered) = match (&store, spec.store_id) {
-            (Some(s), Some(id)) if is_quorum(&spec.arguments) => match s.quorum() {
-                Some(node) => {
-                    let (q, ready) = quorum::Quorum::open(id, node.clone(), Some(s));
-                    (Some(q), ready)
-                }
-                None => (None, Vec::new()),
-            },
-            _ => (None, Vec::new()),
+        let quorum = match (&store, spec.store_id) {
+            (Some(s), Some(id)) if is_quorum(&spec.arguments) => s
+                .quorum()
+                .map(|node| quorum::Quorum::open(id, node.clone(), Some(s))),
+            _ => None,
         };
         // A quorum queue's messages are in its group's log; the classic store keeps none.
         let store = store.filter(|_| quorum.is_none());
-        let pager = match (&store, spec.store_id) {
-            (Some(s), Some(id)) => Some(Pager {
-                store: s.clone(),
-                queue_id: id,
+        let ready = match (&quorum, &store, spec.store_id) {
+            (Some(q), _, _) => ReadyList::two_levels(Pager {
+                source: PageSource::Quorum(q.clone()),
                 memory_budget: Self::MEMORY_BUDGET,
             }),
-            _ => None,
-        };
-        let ready = match quorum {
-            Some(_) => ReadyList::two_levels(),
-            None => ReadyList::new(args.max_priority, pager),
+            (None, Some(s), Some(id)) => ReadyList::new(
+                args.max_priority,
+                Some(Pager {
+                    source: PageSource::Store {
+                        store: s.clone(),
+                        queue_id: id,
+                    },
+                    memory_budget: Self::MEMORY_BUDGET,
+                }),
+            ),
+            _ => ReadyList::new(args.max_priority, None),
         };
         let q = Arc::new(Queue {
             inner: Mutex::new(QueueInner {
@@ -163,9 +164,7 @@ impl Queue {
             quorum,
         });
         if let Some(group) = &q.quorum {
-            for qm in recovered {
-                q.restore(qm);
-            }
+            group.recover(|qm| q.restore(qm));
             group.start(&q, &format!("{}/{}", q.vhost_name, q.spec.name));
         }
         if q.args.load().expires.is_some() {

@@ -7,12 +7,14 @@
 //!
 //! Persistent messages of a durable queue beyond the queue's memory budget are kept as a
 //! few-byte reference and read back from the store when their turn comes (disk-first), so
-//! memory does not grow with the backlog.
+//! memory does not grow with the backlog. A quorum queue's messages are paged the same way,
+//! read back from its group's log.
 //!
 //! Only messages with a per-message `expiration` go into the deadline index. Deadlines that
 //! come from the queue's x-message-ttl alone grow with publish order, so within a level they
 //! are already sorted and the level's head is the next to expire: no index cost for them.
 
+use super::quorum::Quorum;
 use crate::broker::message::QueuedMessage;
 use crate::store::segments::Loc;
 use crate::store::Store;
@@ -20,11 +22,12 @@ use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 use tokio::time::Instant;
 
-/// A ready message whose content is only in the store.
+/// A ready message whose content is only in the store (or the quorum queue's log).
 #[derive(Debug, Clone)]
 struct DiskRef {
     seq: u64,
-    loc: Loc,
+    /// Its record in the message store (a quorum queue's message is found by its id).
+    loc: Option<Loc>,
     len: u32,
     deadline: Option<Instant>,
     indexed: bool,
@@ -70,11 +73,47 @@ impl Slot {
 }
 
 /// Where paged-out messages are read back from.
+pub enum PageSource {
+    /// A classic durable queue's persistent messages: the message store.
+    Store { store: Arc<Store>, queue_id: u64 },
+    /// A quorum queue's messages: its group's log.
+    Quorum(Arc<Quorum>),
+}
+
 pub struct Pager {
-    pub store: Arc<Store>,
-    pub queue_id: u64,
-    /// Body bytes kept in memory before further persistent messages are paged out.
+    pub source: PageSource,
+    /// Body bytes kept in memory before further messages are paged out.
     pub memory_budget: u64,
+}
+
+impl Pager {
+    /// Where the message can be read back from, if it can.
+    fn place(&self, qm: &QueuedMessage) -> Option<Option<Loc>> {
+        match &self.source {
+            PageSource::Store { .. } => qm.stored.map(Some),
+            PageSource::Quorum(q) => q.can_page(qm.seq).then_some(None),
+        }
+    }
+
+    fn read(&self, d: &DiskRef) -> Option<QueuedMessage> {
+        let found = match (&self.source, d.loc) {
+            (PageSource::Store { store, .. }, Some(loc)) => store.get_message(loc, d.seq),
+            (PageSource::Quorum(q), _) => q.read_message(d.seq),
+            (PageSource::Store { .. }, None) => None,
+        };
+        if found.is_none() {
+            let queue = match &self.source {
+                PageSource::Store { queue_id, .. } => *queue_id,
+                PageSource::Quorum(q) => q.group,
+            };
+            tracing::error!(
+                queue_id = queue,
+                seq = d.seq,
+                "a stored message could not be read back; skipped"
+            );
+        }
+        found
+    }
 }
 
 pub struct ReadyList {
@@ -83,8 +122,9 @@ pub struct ReadyList {
     /// Quorum queues: two levels, priority above 4 is high (RabbitMQ 4).
     two_level: bool,
     pager: Option<Pager>,
-    /// Body bytes of the messages held in memory.
+    /// Body bytes of the messages held in memory, and how many they are.
     mem_bytes: u64,
+    mem_len: usize,
     /// Levels that may be non-empty, highest first, is found by scanning `levels` downward.
     len: usize,
     bytes: u64,
@@ -103,6 +143,7 @@ impl ReadyList {
             two_level: false,
             pager,
             mem_bytes: 0,
+            mem_len: 0,
             len: 0,
             bytes: 0,
             deadlines: BTreeSet::new(),
@@ -111,8 +152,8 @@ impl ReadyList {
     }
 
     /// A quorum queue's: normal and high priority (above 4), no `x-max-priority` needed.
-    pub fn two_levels() -> Self {
-        let mut r = ReadyList::new(1, None);
+    pub fn two_levels(pager: Pager) -> Self {
+        let mut r = ReadyList::new(1, Some(pager));
         r.two_level = true;
         r
     }
@@ -129,6 +170,11 @@ impl ReadyList {
         self.bytes
     }
 
+    /// (messages, body bytes) held in memory; the rest are paged out.
+    pub fn in_memory(&self) -> (usize, u64) {
+        (self.mem_len, self.mem_bytes)
+    }
+
     fn level_of(&self, qm: &QueuedMessage) -> u8 {
         if self.two_level {
             return (qm.msg.priority() > 4) as u8;
@@ -142,6 +188,7 @@ impl ReadyList {
         self.bytes += slot.len();
         if let Slot::Mem(_) = slot {
             self.mem_bytes += slot.len();
+            self.mem_len += 1;
         }
         if let Some(d) = slot.indexed() {
             self.deadlines.insert((d, slot.seq(), level));
@@ -153,6 +200,7 @@ impl ReadyList {
         self.bytes -= slot.len();
         if let Slot::Mem(_) = slot {
             self.mem_bytes -= slot.len();
+            self.mem_len -= 1;
         }
         if let Some(d) = slot.indexed() {
             self.deadlines.remove(&(d, slot.seq(), level));
@@ -166,24 +214,22 @@ impl ReadyList {
             .is_some_and(|p| self.mem_bytes + len > p.memory_budget)
     }
 
-    /// Keep a message in memory, or page it out if it is stored and memory is spent.
+    /// Keep a message in memory, or page it out if it can be read back and memory is spent.
     fn slot_for(&self, qm: QueuedMessage) -> Slot {
-        match &self.pager {
-            Some(_) if qm.stored.is_some() && self.would_page(qm.msg.body.len() as u64) => {
-                let Some(loc) = qm.stored else {
-                    return Slot::Mem(qm);
-                };
-                Slot::Disk(DiskRef {
-                    seq: qm.seq,
-                    loc,
-                    len: qm.msg.body.len() as u32,
-                    deadline: qm.deadline,
-                    indexed: qm.msg.expiration_ms.is_some(),
-                    delivery_count: qm.delivery_count,
-                    redelivered: qm.redelivered,
-                })
-            }
-            _ => Slot::Mem(qm),
+        if !self.would_page(qm.msg.body.len() as u64) {
+            return Slot::Mem(qm);
+        }
+        match self.pager.as_ref().and_then(|p| p.place(&qm)) {
+            Some(loc) => Slot::Disk(DiskRef {
+                seq: qm.seq,
+                loc,
+                len: qm.msg.body.len() as u32,
+                deadline: qm.deadline,
+                indexed: qm.msg.expiration_ms.is_some(),
+                delivery_count: qm.delivery_count,
+                redelivered: qm.redelivered,
+            }),
+            None => Slot::Mem(qm),
         }
     }
 
@@ -192,23 +238,11 @@ impl ReadyList {
         match slot {
             Slot::Mem(m) => Some(m),
             Slot::Disk(d) => {
-                let p = self.pager.as_ref()?;
-                match p.store.get_message(d.loc, d.seq) {
-                    Some(mut m) => {
-                        m.deadline = d.deadline;
-                        m.delivery_count = d.delivery_count;
-                        m.redelivered = d.redelivered;
-                        Some(m)
-                    }
-                    None => {
-                        tracing::error!(
-                            queue_id = p.queue_id,
-                            seq = d.seq,
-                            "a stored message could not be read back; skipped"
-                        );
-                        None
-                    }
-                }
+                let mut m = self.pager.as_ref()?.read(&d)?;
+                m.deadline = d.deadline;
+                m.delivery_count = d.delivery_count;
+                m.redelivered = d.redelivered;
+                Some(m)
             }
         }
     }
@@ -348,13 +382,14 @@ impl ReadyList {
                 }
                 match slot {
                     Slot::Mem(m) => stored.extend(m.stored),
-                    Slot::Disk(d) => stored.push(d.loc),
+                    Slot::Disk(d) => stored.extend(d.loc),
                 }
             }
         }
         self.len = 0;
         self.bytes = 0;
         self.mem_bytes = 0;
+        self.mem_len = 0;
         self.deadlines.clear();
         self.tombstones.clear();
         (n, stored)
