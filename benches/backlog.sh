@@ -3,6 +3,9 @@
 # restart takes until the queue serves its first message.
 #
 # Usage: NO_BUILD=1 bash benches/backlog.sh          (PUBLISH_SECS=20 by default)
+#        PUBLISH_COUNT=500000 ...                     (stop after that many messages)
+#        QUEUE_ARGS=x-max-length=500000 ...           (queue arguments)
+#        WARRENMQ_DEFAULT_QUEUE_TYPE=quorum ...       (a quorum queue)
 #
 # Publishes for PUBLISH_SECS with rawgen (1 publisher, confirms window 1000, no consumer)
 # into one durable queue, prints the queue depth, the broker's RSS and the data dir size,
@@ -47,7 +50,8 @@ start
 for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$HTTP/api/health/checks/alarms" && break; sleep 0.1; done
 RSS0=$(rss_mb)
 "$RAWGEN" --uri "amqp://guest:guest@127.0.0.1:$PORT/%2f" -x 1 -y 0 -s 1024 --persistent -c 1000 \
-    --durable-queue -u backlog --keep-queues -z "$PUBLISH_SECS" --quiet --json >"$DATA/pub.json"
+    --durable-queue -u backlog --keep-queues ${QUEUE_ARGS:+--queue-args "$QUEUE_ARGS"} \
+    ${PUBLISH_COUNT:+--pmessages "$PUBLISH_COUNT"} -z "$PUBLISH_SECS" --quiet --json >"$DATA/pub.json"
 echo "queued:        $(depth) messages"
 echo "broker RSS:    $(rss_mb) MB (after publishing; $RSS0 MB before)"
 echo "data dir:      $(du -sh "$DATA/d" | cut -f1)"

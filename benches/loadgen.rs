@@ -450,9 +450,10 @@ async fn publish_loop(
         Ok(())
     };
 
+    let mut published = 0u64;
     loop {
         let now = Instant::now();
-        if now >= deadline {
+        if now >= deadline || (o.pmessages > 0 && published >= o.pmessages) {
             break;
         }
         if let Some(iv) = interval {
@@ -512,6 +513,7 @@ async fn publish_loop(
             on_written(r, &mut pool, &mut confirms)?;
         }
         counters.published.0.fetch_add(1, Ordering::Relaxed);
+        published += 1;
 
         // Reap whatever already completed, then bound the write pipeline.
         while let Some(r) = writes.pop_ready().await {

@@ -590,6 +590,12 @@ async fn run_publisher(
             break Err(reader_error(&what, (&mut reader).await));
         }
         let mut n = batch_max;
+        if o.pmessages > 0 {
+            if published >= o.pmessages {
+                break Ok(());
+            }
+            n = n.min((o.pmessages - published) as usize);
+        }
         if let Some(iv) = interval {
             let now = Instant::now();
             if next_send > now {

@@ -47,6 +47,9 @@ pub struct Opts {
     /// Publish rate limit per publisher in msg/s (0 = unlimited).
     #[arg(short = 'r', long, default_value_t = 0.0)]
     pub rate: f64,
+    /// Messages each publisher sends before it stops (0 = no limit).
+    #[arg(short = 'C', long, default_value_t = 0)]
+    pub pmessages: u64,
     /// Exchange to publish to ("" = default exchange). Declared unless it is "" or starts with "amq.".
     #[arg(short = 'e', long, default_value = "")]
     pub exchange: String,

@@ -598,7 +598,7 @@ pub async fn run<G: Generator>(o: Opts) -> i32 {
             "{stuck} publisher/consumer tasks did not stop within 20 s"
         ));
     }
-    if all_done && errors.is_empty() {
+    if all_done && errors.is_empty() && o.pmessages == 0 {
         errors.push("all publishers and consumers stopped early".into());
     }
     for e in &errors {

@@ -112,6 +112,10 @@ impl Queue {
     /// Body bytes of persistent messages a durable queue keeps in memory before paging
     /// further ones out to the store.
     pub const MEMORY_BUDGET: u64 = 8 * 1024 * 1024;
+    /// The same for a quorum queue, smaller: its log is read back a whole round at a time
+    /// (one read serves the messages after it too), and RabbitMQ's quorum queues keep no
+    /// bodies in memory at all.
+    pub const QUORUM_MEMORY_BUDGET: u64 = 4 * 1024 * 1024;
 
     pub fn new(spec: QueueSpec, vhost: &Arc<VHost>, store: Option<Arc<Store>>) -> Arc<Self> {
         let args = QueueArgs::from_table(&spec.arguments);
@@ -127,7 +131,7 @@ impl Queue {
         let ready = match (&quorum, &store, spec.store_id) {
             (Some(q), _, _) => ReadyList::two_levels(Pager {
                 source: PageSource::Quorum(q.clone()),
-                memory_budget: Self::MEMORY_BUDGET,
+                memory_budget: Self::QUORUM_MEMORY_BUDGET,
             }),
             (None, Some(s), Some(id)) => ReadyList::new(
                 args.max_priority,

@@ -23,22 +23,62 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 /// A ready message whose content is only in the store (or the quorum queue's log).
+/// 32 bytes: a deep queue costs this per paged-out message (plus the FIFO's slack).
 #[derive(Debug, Clone)]
 struct DiskRef {
     seq: u64,
-    /// Its record in the message store (a quorum queue's message is found by its id).
-    loc: Option<Loc>,
-    len: u32,
-    deadline: Option<Instant>,
-    indexed: bool,
+    /// Its record in the message store; `BY_ID` for a quorum queue's message, which its
+    /// group finds by id.
+    loc: Loc,
+    /// Nanoseconds after `epoch()` + 1; 0: no deadline.
+    deadline: u64,
+    /// Body length (records are below 2^30 bytes), then the two flags below.
+    len_flags: u32,
     delivery_count: u32,
-    redelivered: bool,
 }
 
-/// One entry of a priority level's FIFO.
+const INDEXED: u32 = 1 << 31;
+const REDELIVERED: u32 = 1 << 30;
+const LEN_MASK: u32 = REDELIVERED - 1;
+
+/// The place a quorum queue's paged-out message has (none in the store).
+const BY_ID: Loc = Loc {
+    seg: std::num::NonZeroU32::MAX,
+    off: u32::MAX,
+};
+
+/// What paged-out deadlines count from.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn pack_deadline(d: Option<Instant>) -> u64 {
+    d.map_or(0, |d| {
+        let ns = d.saturating_duration_since(epoch()).as_nanos();
+        (ns.min(u64::MAX as u128 - 1) as u64) + 1
+    })
+}
+
+fn unpack_deadline(d: u64) -> Option<Instant> {
+    (d != 0).then(|| epoch() + std::time::Duration::from_nanos(d - 1))
+}
+
+impl DiskRef {
+    fn deadline(&self) -> Option<Instant> {
+        unpack_deadline(self.deadline)
+    }
+
+    fn len(&self) -> u32 {
+        self.len_flags & LEN_MASK
+    }
+}
+
+/// One entry of a priority level's FIFO: 32 bytes (the message itself is boxed, as only a
+/// memory budget's worth are held).
 #[derive(Debug, Clone)]
 enum Slot {
-    Mem(QueuedMessage),
+    Mem(Box<QueuedMessage>),
     Disk(DiskRef),
 }
 
@@ -53,21 +93,21 @@ impl Slot {
     fn deadline(&self) -> Option<Instant> {
         match self {
             Slot::Mem(m) => m.deadline,
-            Slot::Disk(d) => d.deadline,
+            Slot::Disk(d) => d.deadline(),
         }
     }
 
     fn len(&self) -> u64 {
         match self {
             Slot::Mem(m) => m.msg.body.len() as u64,
-            Slot::Disk(d) => d.len as u64,
+            Slot::Disk(d) => d.len() as u64,
         }
     }
 
     fn indexed(&self) -> Option<Instant> {
         match self {
             Slot::Mem(m) => m.deadline.filter(|_| m.msg.expiration_ms.is_some()),
-            Slot::Disk(d) => d.deadline.filter(|_| d.indexed),
+            Slot::Disk(d) => d.deadline().filter(|_| d.len_flags & INDEXED != 0),
         }
     }
 }
@@ -88,18 +128,17 @@ pub struct Pager {
 
 impl Pager {
     /// Where the message can be read back from, if it can.
-    fn place(&self, qm: &QueuedMessage) -> Option<Option<Loc>> {
+    fn place(&self, qm: &QueuedMessage) -> Option<Loc> {
         match &self.source {
-            PageSource::Store { .. } => qm.stored.map(Some),
-            PageSource::Quorum(q) => q.can_page(qm.seq).then_some(None),
+            PageSource::Store { .. } => qm.stored,
+            PageSource::Quorum(q) => q.can_page(qm.seq).then_some(BY_ID),
         }
     }
 
     fn read(&self, d: &DiskRef) -> Option<QueuedMessage> {
-        let found = match (&self.source, d.loc) {
-            (PageSource::Store { store, .. }, Some(loc)) => store.get_message(loc, d.seq),
-            (PageSource::Quorum(q), _) => q.read_message(d.seq),
-            (PageSource::Store { .. }, None) => None,
+        let found = match &self.source {
+            PageSource::Store { store, .. } => store.get_message(d.loc, d.seq),
+            PageSource::Quorum(q) => q.read_message(d.seq),
         };
         if found.is_none() {
             let queue = match &self.source {
@@ -216,32 +255,40 @@ impl ReadyList {
 
     /// Keep a message in memory, or page it out if it can be read back and memory is spent.
     fn slot_for(&self, qm: QueuedMessage) -> Slot {
-        if !self.would_page(qm.msg.body.len() as u64) {
-            return Slot::Mem(qm);
+        let len = qm.msg.body.len() as u64;
+        if !self.would_page(len) || len > LEN_MASK as u64 {
+            return Slot::Mem(Box::new(qm));
         }
         match self.pager.as_ref().and_then(|p| p.place(&qm)) {
-            Some(loc) => Slot::Disk(DiskRef {
-                seq: qm.seq,
-                loc,
-                len: qm.msg.body.len() as u32,
-                deadline: qm.deadline,
-                indexed: qm.msg.expiration_ms.is_some(),
-                delivery_count: qm.delivery_count,
-                redelivered: qm.redelivered,
-            }),
-            None => Slot::Mem(qm),
+            Some(loc) => {
+                let mut len_flags = len as u32;
+                if qm.msg.expiration_ms.is_some() {
+                    len_flags |= INDEXED;
+                }
+                if qm.redelivered {
+                    len_flags |= REDELIVERED;
+                }
+                Slot::Disk(DiskRef {
+                    seq: qm.seq,
+                    loc,
+                    deadline: pack_deadline(qm.deadline),
+                    len_flags,
+                    delivery_count: qm.delivery_count,
+                })
+            }
+            None => Slot::Mem(Box::new(qm)),
         }
     }
 
     /// Turn a slot back into a message, reading it from the store if it was paged out.
     fn materialize(&self, slot: Slot) -> Option<QueuedMessage> {
         match slot {
-            Slot::Mem(m) => Some(m),
+            Slot::Mem(m) => Some(*m),
             Slot::Disk(d) => {
                 let mut m = self.pager.as_ref()?.read(&d)?;
-                m.deadline = d.deadline;
+                m.deadline = d.deadline();
                 m.delivery_count = d.delivery_count;
-                m.redelivered = d.redelivered;
+                m.redelivered = d.len_flags & REDELIVERED != 0;
                 Some(m)
             }
         }
@@ -259,7 +306,7 @@ impl ReadyList {
     /// near the head and about to be delivered again).
     pub fn requeue(&mut self, qm: QueuedMessage) {
         let level = self.level_of(&qm);
-        let slot = Slot::Mem(qm);
+        let slot = Slot::Mem(Box::new(qm));
         self.account_in(&slot, level);
         let seq = slot.seq();
         let fifo = &mut self.levels[level as usize];
@@ -375,6 +422,10 @@ impl ReadyList {
     pub fn clear(&mut self) -> (usize, Vec<Loc>) {
         let n = self.len;
         let mut stored = Vec::new();
+        let in_store = matches!(
+            self.pager.as_ref().map(|p| &p.source),
+            Some(PageSource::Store { .. })
+        );
         for fifo in &mut self.levels {
             for slot in fifo.drain(..) {
                 if self.tombstones.contains(&slot.seq()) {
@@ -382,7 +433,8 @@ impl ReadyList {
                 }
                 match slot {
                     Slot::Mem(m) => stored.extend(m.stored),
-                    Slot::Disk(d) => stored.extend(d.loc),
+                    Slot::Disk(d) if in_store => stored.push(d.loc),
+                    Slot::Disk(_) => {}
                 }
             }
         }
@@ -422,6 +474,23 @@ mod tests {
             deadline,
             delivery_count: 0,
             stored: None,
+        }
+    }
+
+    #[test]
+    fn a_slot_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
+    }
+
+    #[test]
+    fn paged_deadlines_keep_their_instant() {
+        let now = Instant::now();
+        for d in [
+            None,
+            Some(now),
+            Some(now + Duration::from_nanos(123_456_789)),
+        ] {
+            assert_eq!(unpack_deadline(pack_deadline(d)), d.map(|d| d.max(epoch())));
         }
     }
 
