@@ -81,8 +81,16 @@ impl Broker {
         broker.recover_messages(&store)?;
         if let Some(node) = store.quorum() {
             // Groups of queues deleted while their segments were still needed.
-            let claimed: std::collections::HashSet<u64> =
-                broker.quorum_groups().iter().map(|g| g.group).collect();
+            let claimed: std::collections::HashSet<u64> = broker
+                .vhosts
+                .iter()
+                .flat_map(|v| {
+                    v.queues
+                        .iter()
+                        .filter_map(|q| q.raft_group())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
             node.log.retain_groups(|g| claimed.contains(&g));
         }
         store.start_flusher();
@@ -204,19 +212,15 @@ impl Broker {
         }
     }
 
-    /// Stop every quorum queue's group (clean shutdown): proposed rounds are written first.
+    /// Stop every queue whose type has work to finish (clean shutdown): a quorum queue's
+    /// proposed rounds are written first.
     pub async fn stop_quorum_groups(&self) {
-        for g in self.quorum_groups() {
-            g.shutdown().await;
-        }
-    }
-
-    /// The groups of every quorum queue of every vhost.
-    fn quorum_groups(&self) -> Vec<Arc<queue::quorum::Quorum>> {
-        let mut out = Vec::new();
+        let mut stops = Vec::new();
         for v in self.vhosts.iter() {
-            out.extend(v.queues.iter().filter_map(|q| q.quorum.clone()));
+            stops.extend(v.queues.iter().filter_map(|q| q.stop()));
         }
-        out
+        for stop in stops {
+            stop.await;
+        }
     }
 }

@@ -117,6 +117,8 @@ impl Row for QueueRow {
 
 pub fn queue_row(ctx: &Ctx, v: &VHost, q: &Queue) -> QueueRow {
     let (ready, bytes, consumers) = q.depth();
+    let info = q.kind_info();
+    let repl = info.replicated.as_ref();
     let (ready_ram, bytes_ram) = q.ready_in_memory();
     let ready_ram = (ready_ram as u64).min(ready);
     let unacked = q.stats.unacked();
@@ -139,15 +141,8 @@ pub fn queue_row(ctx: &Ctx, v: &VHost, q: &Queue) -> QueueRow {
         exclusive: q.spec.exclusive_owner.is_some(),
         arguments: table_to_json(&q.spec.arguments),
         node: ctx.node.clone(),
-        state: match &q.quorum {
-            Some(g) if g.damaged.is_some() => "down",
-            _ => "running",
-        },
-        kind: if q.quorum.is_some() {
-            "quorum"
-        } else {
-            "classic"
-        },
+        state: if info.down { "down" } else { "running" },
+        kind: info.type_name,
         consumers,
         messages: ready + unacked,
         messages_details: Rate::of(depth.ready_rate + depth.unacked_rate),
@@ -171,21 +166,24 @@ pub fn queue_row(ctx: &Ctx, v: &VHost, q: &Queue) -> QueueRow {
             (Some(store), Some(id)) => store.lost_records(id),
             _ => 0,
         },
-        leader: q
-            .quorum
-            .as_ref()
-            .map(|g| g.leader().map_or_else(String::new, |_| ctx.node.clone())),
-        members: q.quorum.as_ref().map(|_| vec![ctx.node.clone()]),
-        online: q.quorum.as_ref().map(|g| {
-            if g.damaged.is_some() {
+        leader: repl.map(|r| {
+            if r.has_leader {
+                ctx.node.clone()
+            } else {
+                String::new()
+            }
+        }),
+        members: repl.map(|_| vec![ctx.node.clone()]),
+        online: repl.map(|_| {
+            if info.down {
                 Vec::new()
             } else {
                 vec![ctx.node.clone()]
             }
         }),
-        raft_log_entries: q.quorum.as_ref().map(|g| g.log_entries()),
-        messages_dlx: q.quorum.as_ref().map(|g| g.dead_letter_pending()),
-        message_bytes_dlx: q.quorum.as_ref().map(|g| g.dead_letter_bytes()),
+        raft_log_entries: repl.map(|r| r.log_entries),
+        messages_dlx: repl.map(|r| r.dead_letter_pending.0),
+        message_bytes_dlx: repl.map(|r| r.dead_letter_pending.1),
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod args;
 mod at_least_once;
 pub mod inspect;
+pub mod kind;
 pub mod quorum;
 pub mod ready;
 pub mod stats;
@@ -21,8 +22,9 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::FieldTable;
 use crate::store::Store;
 use args::{Overflow, QueueArgs};
+use kind::QueueKind;
 use parking_lot::Mutex;
-use ready::{PageSource, Pager, ReadyList};
+use ready::ReadyList;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -74,10 +76,8 @@ pub struct Queue {
     timer_started: AtomicBool,
     /// Message counters for the management API and metrics.
     pub stats: stats::QueueStats,
-    /// Where its persistent messages are stored (durable, non-exclusive classic queues).
-    store: Option<Arc<Store>>,
-    /// A quorum queue's Raft group (its messages live in the group's log, not `store`).
-    pub quorum: Option<Arc<quorum::Quorum>>,
+    /// Its type: classic or quorum (how its messages are kept, what a confirm waits for).
+    kind: Box<dyn QueueKind>,
 }
 
 /// Is this declaration (or recovered definition) a quorum queue?
@@ -89,7 +89,7 @@ pub fn is_quorum(arguments: &FieldTable) -> bool {
 }
 
 /// Dead-letter work collected under the lock, done after it.
-type Dead = Vec<(QueuedMessage, DeathReason)>;
+pub(crate) type Dead = Vec<(QueuedMessage, DeathReason)>;
 
 struct QueueInner {
     ready: ReadyList,
@@ -119,32 +119,7 @@ impl Queue {
 
     pub fn new(spec: QueueSpec, vhost: &Arc<VHost>, store: Option<Arc<Store>>) -> Arc<Self> {
         let args = QueueArgs::from_table(&spec.arguments);
-        let store = store.filter(|_| spec.store_id.is_some());
-        let quorum = match (&store, spec.store_id) {
-            (Some(s), Some(id)) if is_quorum(&spec.arguments) => s
-                .quorum()
-                .map(|node| quorum::Quorum::open(id, node.clone(), Some(s))),
-            _ => None,
-        };
-        // A quorum queue's messages are in its group's log; the classic store keeps none.
-        let store = store.filter(|_| quorum.is_none());
-        let ready = match (&quorum, &store, spec.store_id) {
-            (Some(q), _, _) => ReadyList::two_levels(Pager {
-                source: PageSource::Quorum(q.clone()),
-                memory_budget: Self::QUORUM_MEMORY_BUDGET,
-            }),
-            (None, Some(s), Some(id)) => ReadyList::new(
-                args.max_priority,
-                Some(Pager {
-                    source: PageSource::Store {
-                        store: s.clone(),
-                        queue_id: id,
-                    },
-                    memory_budget: Self::MEMORY_BUDGET,
-                }),
-            ),
-            _ => ReadyList::new(args.max_priority, None),
-        };
+        let (kind, ready) = kind::for_queue(&spec, &args, store);
         let q = Arc::new(Queue {
             inner: Mutex::new(QueueInner {
                 ready,
@@ -164,13 +139,9 @@ impl Queue {
             timer: Arc::new(Notify::new()),
             timer_started: AtomicBool::new(false),
             stats: stats::QueueStats::default(),
-            store,
-            quorum,
+            kind,
         });
-        if let Some(group) = &q.quorum {
-            group.recover(|qm| q.restore(qm));
-            group.start(&q, &format!("{}/{}", q.vhost_name, q.spec.name));
-        }
+        q.kind.attach(&q);
         if q.args.load().expires.is_some() {
             q.ensure_timer();
         }
@@ -222,11 +193,33 @@ impl Queue {
                 .is_some_and(|max| ready.bytes() + extra_bytes > max)
     }
 
-    /// Enqueue a routed message and deliver what can be delivered.
+    /// Enqueue a routed message (as its type takes it) and deliver what can be delivered.
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Enqueued {
-        if let Some(group) = &self.quorum {
-            return self.propose(group, msg);
-        }
+        self.kind.publish(self, msg)
+    }
+
+    /// What the management API shows about its type.
+    pub fn kind_info(&self) -> kind::KindInfo {
+        self.kind.info()
+    }
+
+    /// Clean shutdown: what its type must write first.
+    pub fn stop(&self) -> Option<kind::StopFuture> {
+        self.kind.stop()
+    }
+
+    /// The Raft group its messages live in (quorum queues).
+    pub fn raft_group(&self) -> Option<u64> {
+        self.kind.raft_group()
+    }
+
+    /// A publish taken at once (a classic queue): `persist` keeps it (false: it could not,
+    /// the publisher gets a nack).
+    fn enqueue_now(
+        self: &Arc<Self>,
+        msg: Arc<Message>,
+        persist: impl FnOnce(&mut QueuedMessage) -> bool,
+    ) -> Enqueued {
         let now = Instant::now();
         let mut dead: Dead = Vec::new();
         let result = {
@@ -252,7 +245,7 @@ impl Queue {
                     dead.push((qm, DeathReason::Maxlen));
                 }
                 Enqueued::Rejected
-            } else if !self.persist(&mut qm) {
+            } else if !persist(&mut qm) {
                 // Not stored: the publisher must not get a positive confirm.
                 Enqueued::Rejected
             } else {
@@ -298,7 +291,7 @@ impl Queue {
         if self.is_deleted() {
             return Enqueued::Gone;
         }
-        if group.damaged.is_some() {
+        if self.kind.unavailable().is_some() {
             return Enqueued::Rejected;
         }
         let len = msg.body.len() as u64;
@@ -360,10 +353,8 @@ impl Queue {
 
     /// What a publisher confirm for a message just published here must wait for: the
     /// group applying the latest ticket (quorum queues only).
-    pub fn confirm_ticket(&self) -> Option<(Arc<std::sync::atomic::AtomicU64>, u64)> {
-        self.quorum
-            .as_ref()
-            .map(|g| (g.committed.clone(), g.last_ticket()))
+    pub fn confirm_ticket(&self) -> Option<kind::ConfirmTicket> {
+        self.kind.confirm_ticket()
     }
 
     /// Deliver ready messages to consumers that have room.
@@ -480,9 +471,7 @@ impl Queue {
             }
             let mut earliest: Option<Instant> = None;
             for mut qm in msgs {
-                if let Some(g) = &self.quorum {
-                    g.returned(qm.seq);
-                }
+                self.kind.returned(&qm);
                 qm.redelivered = true;
                 qm.delivery_count = qm.delivery_count.saturating_add(1);
                 if let Some(limit) = self.args.load().delivery_limit {
@@ -516,7 +505,7 @@ impl Queue {
 
     /// A quorum queue whose log was found damaged refuses work (every other queue serves).
     pub fn check_available(&self) -> AmqpResult<()> {
-        match self.quorum.as_ref().and_then(|g| g.damaged.as_ref()) {
+        match self.kind.unavailable() {
             Some(why) => Err(AmqpError::not_found(format!(
                 "queue '{}' in vhost '{}' is down or inaccessible: {why}",
                 self.name(),
@@ -614,60 +603,23 @@ impl Queue {
 
     /// Drop all ready messages; returns how many.
     pub fn purge(&self) -> u32 {
-        if let Some(g) = &self.quorum {
-            let seqs = self.inner.lock().ready.clear_seqs();
-            let n = seqs.len();
-            g.settle_all(seqs);
-            return n as u32;
-        }
-        let (n, stored) = self.inner.lock().ready.clear();
-        self.forget_all(stored);
-        n as u32
+        self.kind.purge(&mut self.inner.lock().ready) as u32
     }
 
     /// Does a message published here need a flush before its confirm?
     pub fn persists(&self, msg: &Message) -> bool {
-        self.store.is_some() && msg.is_persistent()
-    }
-
-    /// Store a persistent message in a durable queue. False if the store failed.
-    fn persist(&self, qm: &mut QueuedMessage) -> bool {
-        match (&self.store, self.spec.store_id) {
-            (Some(store), Some(id)) if qm.msg.is_persistent() => {
-                qm.stored = store.put_message(id, qm);
-                qm.stored.is_some()
-            }
-            _ => true,
-        }
+        self.kind.persists(msg)
     }
 
     /// A message left the queue for good (acked, dead-lettered, dropped): remove its record.
     pub fn forget(&self, qm: &QueuedMessage) {
-        if let Some(g) = &self.quorum {
-            g.settle(qm.seq);
-        }
-        if let (Some(store), Some(loc)) = (&self.store, qm.stored) {
-            store.remove_message(loc);
-        }
+        self.kind.settled(qm);
     }
 
-    /// A stored message goes out unacked: remember it, so that after a restart it comes
-    /// back flagged redelivered (and only then) with its delivery count.
+    /// A message goes out unacked: remember it, so that after a restart it comes back
+    /// flagged redelivered (and only then) with its delivery count.
     pub fn mark_delivered(&self, qm: &QueuedMessage) {
-        if let Some(g) = &self.quorum {
-            g.delivered(qm.seq);
-        }
-        if let (Some(store), Some(loc)) = (&self.store, qm.stored) {
-            store.mark_delivered(loc);
-        }
-    }
-
-    fn forget_all(&self, stored: Vec<crate::store::segments::Loc>) {
-        if let Some(store) = &self.store {
-            for loc in stored {
-                store.remove_message(loc);
-            }
-        }
+        self.kind.delivered(qm);
     }
 
     /// Put back a message recovered from the store at start-up.
@@ -701,12 +653,7 @@ impl Queue {
     pub fn mark_deleted(&self) -> (Vec<InboundBinding>, Vec<Arc<Consumer>>, u32) {
         let mut inner = self.inner.lock();
         self.deleted.store(true, Ordering::Release);
-        let (n, stored) = inner.ready.clear();
-        let n = n as u32;
-        self.forget_all(stored);
-        if let Some(g) = &self.quorum {
-            g.delete();
-        }
+        let n = self.kind.delete(&mut inner.ready) as u32;
         let consumers = std::mem::take(&mut inner.consumers);
         for c in &consumers {
             c.active.store(false, Ordering::Release);
@@ -719,12 +666,9 @@ impl Queue {
         if dead.is_empty() {
             return;
         }
-        if let Some(g) = &self.quorum {
-            if self.args.load().at_least_once {
-                g.dead_letter_later(dead);
-                return;
-            }
-        }
+        let Some(dead) = self.kind.dead_letter_later(self, dead) else {
+            return;
+        };
         for (qm, _) in &dead {
             self.forget(qm);
         }
