@@ -7,13 +7,16 @@
 //! - `protocol`   — wire codec: frame reading with limits, hand-encoded hot frames, table checks
 //! - `connection` — per-connection task: handshake, read loop, heartbeats, the socket writer
 //! - `channel`    — channel state machine and content assembly; one file per AMQP class
-//! - `broker`     — vhosts, exchanges (one matcher per type, delayed-message holding), queues,
-//!   deliveries, messages, policies, direct reply-to (`reply_to`), resource alarms (memory
+//! - `broker`     — vhosts, exchanges (one matcher per type, delayed-message holding), queues
+//!   (one engine; their types behind `queue::kind`: classic, quorum on `raft`), deliveries,
+//!   messages, policies, direct reply-to (`reply_to`), resource alarms (memory
 //!   watermark, disk free limit), and the client connection as queues see it (`client`,
 //!   with its `outbound` buffer): `broker` does not depend on `connection`
 //! - `store`      — durable definitions and delayed messages in sled (checked against a
 //!   definitions snapshot), persistent messages in an append-only segment log (`segments`,
 //!   `record`, `recovery`), damage reporting, `warrenmq check`, format version
+//! - `raft`       — openraft groups (one per quorum queue) over one shared, group-committed
+//!   log whose records the queues read their paged-out messages back from
 //! - `auth`       — users, password hashes, tags, permissions and their checks; PLAIN/AMQPLAIN
 //! - `ctl`        — `warrenmq ctl`, the admin client of the management API
 //! - `http`       — management HTTP API, Prometheus metrics, rates, the dashboard
