@@ -127,19 +127,7 @@ async fn confirm_publish(ch: &lapin::Channel, q: &str, body: &[u8], persistent: 
     if persistent {
         props = props.with_delivery_mode(2);
     }
-    let c = within(
-        "publish",
-        ch.basic_publish(
-            "".into(),
-            q.into(),
-            BasicPublishOptions::default(),
-            body,
-            props,
-        ),
-    )
-    .await
-    .unwrap();
-    assert!(within("confirm", c).await.unwrap().is_ack());
+    assert!(confirmed(ch, q, body, props).await);
 }
 
 #[tokio::test]

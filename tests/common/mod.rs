@@ -159,9 +159,15 @@ pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
     .expect("publish");
 }
 
-/// Publish through the default exchange on a channel in confirm mode; true if acked.
-pub async fn confirmed(ch: &Channel, q: &str, body: &[u8], props: lapin::BasicProperties) -> bool {
-    let c = within(
+/// Publish through the default exchange; its confirm (on a channel in confirm mode), to
+/// await later.
+pub async fn publish_to(
+    ch: &Channel,
+    q: &str,
+    body: &[u8],
+    props: lapin::BasicProperties,
+) -> lapin::PublisherConfirm {
+    within(
         "publish",
         ch.basic_publish(
             "".into(),
@@ -172,24 +178,24 @@ pub async fn confirmed(ch: &Channel, q: &str, body: &[u8], props: lapin::BasicPr
         ),
     )
     .await
-    .expect("publish");
+    .expect("publish")
+}
+
+/// Publish through the default exchange on a channel in confirm mode; true if acked.
+pub async fn confirmed(ch: &Channel, q: &str, body: &[u8], props: lapin::BasicProperties) -> bool {
+    let c = publish_to(ch, q, body, props).await;
     within("confirm", c).await.expect("confirm").is_ack()
 }
 
 /// Publish a persistent message through the default exchange; its confirm, to await later.
 pub async fn publish_persistent(ch: &Channel, q: &str, body: &[u8]) -> lapin::PublisherConfirm {
-    within(
-        "publish",
-        ch.basic_publish(
-            "".into(),
-            q.into(),
-            BasicPublishOptions::default(),
-            body,
-            lapin::BasicProperties::default().with_delivery_mode(2),
-        ),
+    publish_to(
+        ch,
+        q,
+        body,
+        lapin::BasicProperties::default().with_delivery_mode(2),
     )
     .await
-    .expect("publish")
 }
 
 /// Next delivery from a lapin consumer, bounded in time.

@@ -252,8 +252,9 @@ impl Machine {
         }
     }
 
-    /// A message as the queue holds it: `record` is the message as published (its place's
-    /// entry), with this message's history applied.
+    /// A message as the queue holds it: `qm` as it was published (read from its round's
+    /// entry), with its history here applied; and its dead-letter reason if it is waiting
+    /// for its targets.
     pub fn restore(&self, mut qm: QueuedMessage) -> (QueuedMessage, Option<u8>) {
         let x = self.extra.get(&qm.seq).copied().unwrap_or_default();
         qm.delivery_count = qm.delivery_count.saturating_add(x.returned);
