@@ -1,6 +1,6 @@
 //! Quorum queues through a real client: declaration checks with RabbitMQ 3.10.8's texts,
-//! confirms after the group applied, delivery counts and the delivery limit, two priority
-//! levels, max-length, restarts (clean and with snapshots), damage to the group's log.
+//! confirms after the group applied, delivery counts and the delivery limit, where returned
+//! messages go, two priority levels served 2:1, max-length, restarts (clean and with snapshots), damage to the group's log.
 
 mod common;
 use common::http::api;
@@ -356,6 +356,17 @@ async fn priorities_above_four_come_first_and_max_length_rejects_publishes() {
         [9, 5, 1, 3, 0, 4],
         "high (above 4) first, FIFO within"
     );
+    // Both levels waiting: two high ones, then the older normal one (RabbitMQ 4's 2:1).
+    for p in [0u8, 0, 0, 0, 9, 9, 9, 9, 9, 9] {
+        let props = BasicProperties::default().with_priority(p);
+        assert!(confirmed(&ch, "prio", &[p], props).await);
+    }
+    let mut order = Vec::new();
+    while let Some(m) = get(&ch, "prio").await {
+        order.push(m.delivery.data[0]);
+        m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    assert_eq!(order, [9, 9, 0, 9, 9, 0, 9, 9, 0, 0]);
 
     declare_quorum(
         &ch,
@@ -375,6 +386,65 @@ async fn priorities_above_four_come_first_and_max_length_rejects_publishes() {
     };
     assert_eq!(acks, [true, true, false], "the third publish is nacked");
     assert_eq!(ready_count(&ch, "small").await, 2);
+}
+
+/// Get four of six messages, return the third and then the first (nack, then reject) and
+/// drain the queue: the order the rest come in, with their x-delivery-count.
+async fn order_after_returns(ch: &lapin::Channel, q: &str) -> Vec<(u8, Option<i64>)> {
+    for i in 0..6u8 {
+        assert!(confirmed(ch, q, &[i], BasicProperties::default()).await);
+    }
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(get(ch, q).await.expect("a message"));
+    }
+    let nack = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    within("nack", got[2].delivery.nack(nack)).await.unwrap();
+    within(
+        "reject",
+        got[0].delivery.reject(BasicRejectOptions { requeue: true }),
+    )
+    .await
+    .unwrap();
+    let mut order = Vec::new();
+    while let Some(m) = get(ch, q).await {
+        order.push((m.delivery.data[0], delivery_count(&m)));
+        within("ack", m.delivery.ack(BasicAckOptions::default()))
+            .await
+            .unwrap();
+    }
+    order
+}
+
+/// RabbitMQ's quorum queue (3.10.8 seen doing both): with a delivery limit returned
+/// messages wait ahead of the queue in the order they came back; without one they are
+/// enqueued again behind it. Both carry their count.
+#[tokio::test]
+async fn returned_messages_go_ahead_with_a_delivery_limit_and_behind_without_one() {
+    let b = start_broker().await;
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    declare_quorum(&ch, "limited", &[]).await;
+    assert_eq!(
+        order_after_returns(&ch, "limited").await,
+        [(2, Some(1)), (0, Some(1)), (4, None), (5, None)]
+    );
+    declare_quorum(
+        &ch,
+        "unlimited",
+        &[("x-delivery-limit", AMQPValue::LongInt(-1))],
+    )
+    .await;
+    assert_eq!(
+        order_after_returns(&ch, "unlimited").await,
+        [(4, None), (5, None), (2, Some(1)), (0, Some(1))]
+    );
 }
 
 #[tokio::test]

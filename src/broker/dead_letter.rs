@@ -85,7 +85,8 @@ fn rebuild(p: &BasicProperties, headers: FieldTable, keep_expiration: bool) -> B
     out
 }
 
-/// The message as redelivered from a queue with x-delivery-limit: `x-delivery-count` set.
+/// The message as redelivered from a quorum queue or one with x-delivery-limit:
+/// `x-delivery-count` set.
 pub fn with_delivery_count(msg: &Arc<Message>, count: u32) -> Arc<Message> {
     let mut headers = msg.properties.headers().clone().unwrap_or_default();
     headers.insert(

@@ -10,7 +10,7 @@
 
 use super::args::QueueArgs;
 use super::quorum::Quorum;
-use super::ready::{PageSource, Pager, ReadyList};
+use super::ready::{PageSource, Pager, ReadyList, Return};
 use super::{Dead, Enqueued, Queue, QueueSpec};
 use crate::broker::message::{Message, QueuedMessage};
 use crate::store::Store;
@@ -58,10 +58,10 @@ pub fn for_queue(
     };
     match quorum {
         Some(q) => {
-            let ready = ReadyList::two_levels(Pager {
+            let ready = ReadyList::two_levels(Some(Pager {
                 source: PageSource::Quorum(q.clone()),
                 memory_budget: Queue::QUORUM_MEMORY_BUDGET,
-            });
+            }));
             (Box::new(QuorumKind(q)), ready)
         }
         None => {
@@ -101,6 +101,11 @@ pub trait QueueKind: Send + Sync {
 
     /// Returned to the queue by its consumer (its delivery count goes up).
     fn returned(&self, _qm: &QueuedMessage) {}
+
+    /// Where a returned message goes, given the queue's delivery limit.
+    fn return_to(&self, _delivery_limit: Option<u64>) -> Return {
+        Return::InPlace
+    }
 
     /// Left the queue for good (acked, dead-lettered, expired, dropped).
     fn settled(&self, qm: &QueuedMessage);
@@ -246,6 +251,15 @@ impl QueueKind for QuorumKind {
 
     fn returned(&self, qm: &QueuedMessage) {
         self.0.returned(qm.seq);
+    }
+
+    /// RabbitMQ's quorum queue: ahead of the queue while a delivery limit counts returns,
+    /// behind it (re-enqueued) when there is none.
+    fn return_to(&self, delivery_limit: Option<u64>) -> Return {
+        match delivery_limit {
+            Some(_) => Return::Head,
+            None => Return::Back,
+        }
     }
 
     fn settled(&self, qm: &QueuedMessage) {

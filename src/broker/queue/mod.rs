@@ -24,7 +24,7 @@ use crate::store::Store;
 use args::{Overflow, QueueArgs};
 use kind::QueueKind;
 use parking_lot::Mutex;
-use ready::ReadyList;
+use ready::{ReadyList, Return};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -459,8 +459,8 @@ impl Queue {
     }
 
     /// Messages returned by a consumer (nack/reject with requeue, channel closed, recover):
-    /// back to their original place, marked redelivered; past x-delivery-limit they are
-    /// dead-lettered instead.
+    /// marked redelivered and put where the queue type puts them (a classic queue: their
+    /// original place); past x-delivery-limit they are dead-lettered instead.
     pub fn requeue(self: &Arc<Self>, msgs: impl IntoIterator<Item = QueuedMessage>) {
         let now = Instant::now();
         let mut dead = Vec::new();
@@ -470,21 +470,25 @@ impl Queue {
                 return;
             }
             let mut earliest: Option<Instant> = None;
+            let delivery_limit = self.args.load().delivery_limit;
+            let to = self.kind.return_to(delivery_limit);
             for mut qm in msgs {
                 self.kind.returned(&qm);
                 qm.redelivered = true;
                 qm.delivery_count = qm.delivery_count.saturating_add(1);
-                if let Some(limit) = self.args.load().delivery_limit {
-                    if qm.delivery_count as u64 > limit {
-                        dead.push((qm, DeathReason::DeliveryLimit));
-                        continue;
-                    }
+                if delivery_limit.is_some_and(|limit| qm.delivery_count as u64 > limit) {
+                    dead.push((qm, DeathReason::DeliveryLimit));
+                    continue;
+                }
+                // Queues that place returns themselves (quorum) count them in the header
+                // with or without a limit, as RabbitMQ's quorum queues do.
+                if delivery_limit.is_some() || to != Return::InPlace {
                     qm.msg = super::dead_letter::with_delivery_count(&qm.msg, qm.delivery_count);
                 }
                 if let Some(d) = qm.deadline {
                     earliest = Some(earliest.map_or(d, |e| e.min(d)));
                 }
-                inner.ready.requeue(qm);
+                inner.ready.give_back(qm, to);
             }
             self.dispatch_locked(&mut inner, now, &mut dead);
             if let Some(d) = earliest {

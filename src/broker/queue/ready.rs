@@ -1,6 +1,11 @@
 //! The ready messages of a queue: one FIFO per priority level, kept in publish order so a
 //! requeued message goes back to its place, plus an index of expiry deadlines.
 //!
+//! A quorum queue orders them as RabbitMQ 4's does: two levels (priority above 4 is high)
+//! served two high to one normal while older normal messages wait, and returned messages
+//! either ahead of everything in the order they came back (with a delivery limit) or behind
+//! everything (without one); see `Return`.
+//!
 //! Dequeue looks at the priority levels (at most 256), never at the messages, so its cost
 //! does not grow with queue length. A message that expires while not at the head is taken
 //! out through the deadline index and left as a tombstone in its FIFO, skipped at dequeue.
@@ -155,11 +160,33 @@ impl Pager {
     }
 }
 
+/// Where a message a consumer gave back goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Return {
+    /// Back to its place in publish order (classic queues).
+    InPlace,
+    /// Ahead of every ready message, after those returned before it (a quorum queue with a
+    /// delivery limit: RabbitMQ's `returns` queue).
+    Head,
+    /// Behind every ready message, at normal priority (a quorum queue without a delivery
+    /// limit: RabbitMQ re-enqueues it).
+    Back,
+}
+
+/// A two-level list's levels.
+const NORMAL: usize = 0;
+const HIGH: usize = 1;
+const RETURNED: usize = 2;
+/// High-priority messages served per normal one while both wait (RabbitMQ 4's weight).
+const HIGH_WEIGHT: u8 = 2;
+
 pub struct ReadyList {
-    /// Index = effective priority.
+    /// Index = effective priority; a two-level list has NORMAL, HIGH and RETURNED.
     levels: Vec<VecDeque<Slot>>,
     /// Quorum queues: two levels, priority above 4 is high (RabbitMQ 4).
     two_level: bool,
+    /// Two-level lists: pops from NORMAL or HIGH since the last turn normal messages had.
+    served: u8,
     pager: Option<Pager>,
     /// Body bytes of the messages held in memory, and how many they are.
     mem_bytes: u64,
@@ -180,6 +207,7 @@ impl ReadyList {
                 .map(|_| VecDeque::new())
                 .collect(),
             two_level: false,
+            served: 0,
             pager,
             mem_bytes: 0,
             mem_len: 0,
@@ -191,8 +219,8 @@ impl ReadyList {
     }
 
     /// A quorum queue's: normal and high priority (above 4), no `x-max-priority` needed.
-    pub fn two_levels(pager: Pager) -> Self {
-        let mut r = ReadyList::new(1, Some(pager));
+    pub fn two_levels(pager: Option<Pager>) -> Self {
+        let mut r = ReadyList::new(RETURNED as u8, pager);
         r.two_level = true;
         r
     }
@@ -305,37 +333,87 @@ impl ReadyList {
     /// Put a message back at its place in publish order (kept in memory: it is usually
     /// near the head and about to be delivered again).
     pub fn requeue(&mut self, qm: QueuedMessage) {
-        let level = self.level_of(&qm);
+        self.give_back(qm, Return::InPlace)
+    }
+
+    /// Put a message a consumer gave back where `to` says (kept in memory). `Head` and
+    /// `Back` are for two-level lists, whose FIFOs are then no longer in seq order.
+    pub fn give_back(&mut self, qm: QueuedMessage, to: Return) {
+        let level = match to {
+            Return::Head if self.two_level => RETURNED as u8,
+            Return::Back if self.two_level => NORMAL as u8,
+            _ => self.level_of(&qm),
+        };
         let slot = Slot::Mem(Box::new(qm));
         self.account_in(&slot, level);
-        let seq = slot.seq();
         let fifo = &mut self.levels[level as usize];
-        let pos = fifo.partition_point(|m| m.seq() < seq);
-        fifo.insert(pos, slot);
+        if self.two_level && to != Return::InPlace {
+            fifo.push_back(slot);
+        } else {
+            let seq = slot.seq();
+            let pos = fifo.partition_point(|m| m.seq() < seq);
+            fifo.insert(pos, slot);
+        }
+    }
+
+    /// Where the message `seq` is in one level's FIFO. Levels are in seq order except a
+    /// two-level list's after messages came back (`Head`/`Back`): then searched.
+    fn position(&self, level: usize, seq: u64) -> Option<usize> {
+        let fifo = &self.levels[level];
+        let idx = fifo.partition_point(|m| m.seq() < seq);
+        if fifo.get(idx).is_some_and(|m| m.seq() == seq) {
+            return Some(idx);
+        }
+        if self.two_level {
+            return fifo.iter().position(|m| m.seq() == seq);
+        }
+        None
     }
 
     /// The deadline of the message that would be delivered next: None if the queue is
     /// empty, Some(None) if it does not expire.
     pub fn head_deadline(&mut self) -> Option<Option<Instant>> {
-        let level = self.front_level()?;
+        let level = self.next_level()?;
         self.levels[level].front().map(Slot::deadline)
     }
 
-    /// Highest non-empty level, dropping tombstones found at the fronts.
-    fn front_level(&mut self) -> Option<usize> {
+    /// The level the next message comes from, dropping tombstones found at the fronts:
+    /// the highest non-empty one; in a two-level list returned messages first, then high
+    /// ones except every third turn, which goes to an older normal message.
+    fn next_level(&mut self) -> Option<usize> {
         if self.len == 0 {
             return None;
         }
-        (0..self.levels.len())
-            .rev()
-            .find(|&level| self.live_front(level).is_some())
+        if !self.two_level {
+            return (0..self.levels.len())
+                .rev()
+                .find(|&level| self.live_front(level).is_some());
+        }
+        if self.live_front(RETURNED).is_some() {
+            return Some(RETURNED);
+        }
+        let high = self.live_front(HIGH).map(Slot::seq);
+        let normal = self.live_front(NORMAL).map(Slot::seq);
+        match (high, normal) {
+            (Some(h), Some(n)) if self.served == HIGH_WEIGHT && n < h => Some(NORMAL),
+            (Some(_), _) => Some(HIGH),
+            (None, Some(_)) => Some(NORMAL),
+            (None, None) => None,
+        }
     }
 
     /// Take the next message to deliver.
     pub fn pop(&mut self) -> Option<QueuedMessage> {
         loop {
-            let level = self.front_level()?;
+            let level = self.next_level()?;
             let slot = self.levels[level].pop_front()?;
+            if self.two_level && level != RETURNED {
+                self.served = if self.served == HIGH_WEIGHT {
+                    0
+                } else {
+                    self.served + 1
+                };
+            }
             self.account_out(&slot, level as u8);
             if let Some(m) = self.materialize(slot) {
                 return Some(m);
@@ -374,12 +452,11 @@ impl ReadyList {
             if deadline > now {
                 break;
             }
-            let fifo = &self.levels[level as usize];
-            let idx = fifo.partition_point(|m| m.seq() < seq);
-            let Some(slot) = fifo.get(idx).filter(|m| m.seq() == seq).cloned() else {
+            let Some(idx) = self.position(level as usize, seq) else {
                 self.deadlines.pop_first();
                 continue;
             };
+            let slot = self.levels[level as usize][idx].clone();
             self.account_out(&slot, level);
             if idx == 0 {
                 self.levels[level as usize].pop_front();
@@ -557,5 +634,75 @@ mod tests {
         assert_eq!(seqs, vec![0, 1]);
         assert_eq!(r.len(), 1);
         assert_eq!(r.next_deadline(), Some(now + Duration::from_secs(3)));
+    }
+
+    fn drain(r: &mut ReadyList) -> Vec<u64> {
+        std::iter::from_fn(|| r.pop().map(|m| m.seq)).collect()
+    }
+
+    #[test]
+    fn two_levels_serve_two_high_per_older_normal() {
+        let mut r = ReadyList::two_levels(None);
+        for s in 0..4 {
+            r.push(qm(s, 0, None));
+        }
+        for s in 4..10 {
+            r.push(qm(s, 5, None)); // above 4: high
+        }
+        assert_eq!(drain(&mut r), vec![4, 5, 0, 6, 7, 1, 8, 9, 2, 3]);
+    }
+
+    #[test]
+    fn two_levels_keep_high_first_when_no_older_normal_waits() {
+        let mut r = ReadyList::two_levels(None);
+        for s in 0..4 {
+            r.push(qm(s, 9, None));
+        }
+        r.push(qm(4, 4, None)); // 4 is normal, and newer than every high one
+        assert_eq!(drain(&mut r), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn returns_to_head_in_return_order_before_any_priority() {
+        let mut r = ReadyList::two_levels(None);
+        for s in 0..3 {
+            r.push(qm(s, 0, None));
+        }
+        r.push(qm(3, 9, None));
+        let three = r.pop().unwrap();
+        let zero = r.pop().unwrap();
+        r.give_back(three, Return::Head);
+        r.give_back(zero, Return::Head);
+        assert_eq!(drain(&mut r), vec![3, 0, 1, 2]);
+    }
+
+    #[test]
+    fn returns_to_back_at_normal_priority() {
+        let mut r = ReadyList::two_levels(None);
+        for s in 0..3 {
+            r.push(qm(s, 0, None));
+        }
+        r.push(qm(3, 9, None));
+        let three = r.pop().unwrap();
+        let zero = r.pop().unwrap();
+        r.give_back(zero, Return::Back);
+        r.give_back(three, Return::Back);
+        assert_eq!(drain(&mut r), vec![1, 2, 0, 3]);
+    }
+
+    #[test]
+    fn a_returned_message_still_expires_out_of_order() {
+        let now = Instant::now();
+        let mut r = ReadyList::two_levels(None);
+        r.push(qm(0, 0, Some(now + Duration::from_secs(1))));
+        r.push(qm(1, 0, None));
+        r.push(qm(2, 0, None));
+        let zero = r.pop().unwrap();
+        r.give_back(zero, Return::Back);
+        let mut out = Vec::new();
+        r.take_expired(now + Duration::from_secs(2), &mut out);
+        assert_eq!(out.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(drain(&mut r), vec![1, 2]);
+        assert_eq!(r.len(), 0);
     }
 }

@@ -26,7 +26,7 @@ mod state_machine;
 
 use super::at_least_once::DeadPending;
 use super::Queue;
-use crate::broker::dead_letter::DeathReason;
+use crate::broker::dead_letter::{with_delivery_count, DeathReason};
 use crate::broker::message::QueuedMessage;
 use crate::raft::log::{EntryLoc, GroupLog};
 use crate::raft::node::RaftNode;
@@ -222,7 +222,10 @@ impl Quorum {
                 },
             };
             for qm in msgs.into_iter().flatten() {
-                let (qm, dead) = self.machine.lock().restore(qm);
+                let (mut qm, dead) = self.machine.lock().restore(qm);
+                if qm.delivery_count > 0 {
+                    qm.msg = with_delivery_count(&qm.msg, qm.delivery_count);
+                }
                 match dead.and_then(DeathReason::from_code) {
                     Some(reason) => {
                         let p = DeadPending::new(qm, reason);
