@@ -691,11 +691,11 @@ async fn a_deep_queue_keeps_a_memory_budget_and_reads_the_rest_back_from_its_log
         for c in confirms {
             assert!(within("confirm", c).await.unwrap().is_ack());
         }
-        // 12 MB queued: the ready list holds its budget (4 MB) and pages out the rest.
+        // 12 MB queued: the ready list holds its budget (2 MB) and pages out the rest.
         let q = api(&b).ok("/api/queues/%2f/deep").await;
         assert_eq!(q["messages"], N as u64, "{q}");
         assert!(q["messages_paged_out"].as_u64().unwrap() > 1000, "{q}");
-        assert!(q["message_bytes_ram"].as_u64().unwrap() <= 4 << 20, "{q}");
+        assert!(q["message_bytes_ram"].as_u64().unwrap() <= 2 << 20, "{q}");
         for i in 0..1000 {
             let m = get(&ch, "deep").await.expect("a message");
             check(&m, i);

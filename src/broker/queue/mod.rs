@@ -115,7 +115,7 @@ impl Queue {
     /// The same for a quorum queue, smaller: its log is read back a whole round at a time
     /// (one read serves the messages after it too), and RabbitMQ's quorum queues keep no
     /// bodies in memory at all.
-    pub const QUORUM_MEMORY_BUDGET: u64 = 4 * 1024 * 1024;
+    pub const QUORUM_MEMORY_BUDGET: u64 = 2 * 1024 * 1024;
 
     pub fn new(spec: QueueSpec, vhost: &Arc<VHost>, store: Option<Arc<Store>>) -> Arc<Self> {
         let args = QueueArgs::from_table(&spec.arguments);
