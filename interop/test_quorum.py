@@ -1,5 +1,6 @@
 """Quorum queues through pika, checked the same way against RabbitMQ 3.10.8: declaration
-refusals with RabbitMQ's codes and texts, confirms, x-delivery-count on redelivery, the
+refusals with RabbitMQ's codes and texts, confirms, x-delivery-count on redelivery, returned
+messages ahead of the queue in return order under a delivery limit, the
 delivery limit dead-lettering with reason delivery_limit, reject-publish nacks, and
 at-least-once dead-lettering that waits for a missing target. Every wait is bounded.
 """
@@ -67,6 +68,24 @@ def test_confirmed_publish_and_delivery_count_on_redelivery(names, connect):
     assert delivery_count(props) == 1
     ch.basic_ack(method.delivery_tag)
     assert ch.queue_declare(q, passive=True).method.message_count == 0
+
+
+def test_returned_messages_wait_ahead_in_return_order_under_a_delivery_limit(names, connect):
+    q = names.queue("qq")
+    ch = connect().channel()
+    ch.confirm_delivery()
+    ch.queue_declare(q, durable=True, arguments={**QUORUM, "x-delivery-limit": 5})
+    for i in range(6):
+        ch.basic_publish("", q, f"m{i}".encode(), pika.BasicProperties(delivery_mode=2))
+    got = [get(ch, q) for _ in range(4)]
+    ch.basic_nack(got[2][0].delivery_tag, requeue=True)
+    ch.basic_reject(got[0][0].delivery_tag, requeue=True)
+    order = []
+    for _ in range(4):
+        method, props, body = get(ch, q)
+        order.append((body.decode(), delivery_count(props) or 0))
+        ch.basic_ack(method.delivery_tag)
+    assert order == [("m2", 1), ("m0", 1), ("m4", 0), ("m5", 0)]
 
 
 def test_delivery_limit_dead_letters_with_reason_delivery_limit(names, connect):
