@@ -333,6 +333,21 @@ async fn the_default_delivery_limit_is_twenty() {
     poison(None).await;
 }
 
+/// Publish one message per priority (its body: the priority), confirmed, then get and ack
+/// until the queue is empty: the bodies in delivery order.
+async fn publish_and_drain(ch: &lapin::Channel, q: &str, priorities: &[u8]) -> Vec<u8> {
+    for &p in priorities {
+        let props = BasicProperties::default().with_priority(p);
+        assert!(confirmed(ch, q, &[p], props).await);
+    }
+    let mut order = Vec::new();
+    while let Some(m) = get(ch, q).await {
+        order.push(m.delivery.data[0]);
+        m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    order
+}
+
 #[tokio::test]
 async fn priorities_above_four_come_first_and_max_length_rejects_publishes() {
     let b = start_broker().await;
@@ -342,31 +357,16 @@ async fn priorities_above_four_come_first_and_max_length_rejects_publishes() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    for p in [1u8, 9, 3, 5, 0, 4] {
-        let props = BasicProperties::default().with_priority(p);
-        assert!(confirmed(&ch, "prio", &[p], props).await);
-    }
-    let mut order = Vec::new();
-    while let Some(m) = get(&ch, "prio").await {
-        order.push(m.delivery.data[0]);
-        m.delivery.ack(BasicAckOptions::default()).await.unwrap();
-    }
     assert_eq!(
-        order,
+        publish_and_drain(&ch, "prio", &[1, 9, 3, 5, 0, 4]).await,
         [9, 5, 1, 3, 0, 4],
         "high (above 4) first, FIFO within"
     );
     // Both levels waiting: two high ones, then the older normal one (RabbitMQ 4's 2:1).
-    for p in [0u8, 0, 0, 0, 9, 9, 9, 9, 9, 9] {
-        let props = BasicProperties::default().with_priority(p);
-        assert!(confirmed(&ch, "prio", &[p], props).await);
-    }
-    let mut order = Vec::new();
-    while let Some(m) = get(&ch, "prio").await {
-        order.push(m.delivery.data[0]);
-        m.delivery.ack(BasicAckOptions::default()).await.unwrap();
-    }
-    assert_eq!(order, [9, 9, 0, 9, 9, 0, 9, 9, 0, 0]);
+    assert_eq!(
+        publish_and_drain(&ch, "prio", &[0, 0, 0, 0, 9, 9, 9, 9, 9, 9]).await,
+        [9, 9, 0, 9, 9, 0, 9, 9, 0, 0]
+    );
 
     declare_quorum(
         &ch,

@@ -662,8 +662,9 @@ mod tests {
         assert_eq!(drain(&mut r), vec![0, 1, 2, 3, 4]);
     }
 
-    #[test]
-    fn returns_to_head_in_return_order_before_any_priority() {
+    /// Three normal messages and a high one; the first two out (3, then 0) come back, in
+    /// the order given, to `to`: the order of everything after.
+    fn order_after_giving_back(to: Return, three_first: bool) -> Vec<u64> {
         let mut r = ReadyList::two_levels(None);
         for s in 0..3 {
             r.push(qm(s, 0, None));
@@ -671,23 +672,30 @@ mod tests {
         r.push(qm(3, 9, None));
         let three = r.pop().unwrap();
         let zero = r.pop().unwrap();
-        r.give_back(three, Return::Head);
-        r.give_back(zero, Return::Head);
-        assert_eq!(drain(&mut r), vec![3, 0, 1, 2]);
+        let (a, b) = if three_first {
+            (three, zero)
+        } else {
+            (zero, three)
+        };
+        r.give_back(a, to);
+        r.give_back(b, to);
+        drain(&mut r)
+    }
+
+    #[test]
+    fn returns_to_head_in_return_order_before_any_priority() {
+        assert_eq!(
+            order_after_giving_back(Return::Head, true),
+            vec![3, 0, 1, 2]
+        );
     }
 
     #[test]
     fn returns_to_back_at_normal_priority() {
-        let mut r = ReadyList::two_levels(None);
-        for s in 0..3 {
-            r.push(qm(s, 0, None));
-        }
-        r.push(qm(3, 9, None));
-        let three = r.pop().unwrap();
-        let zero = r.pop().unwrap();
-        r.give_back(zero, Return::Back);
-        r.give_back(three, Return::Back);
-        assert_eq!(drain(&mut r), vec![1, 2, 0, 3]);
+        assert_eq!(
+            order_after_giving_back(Return::Back, false),
+            vec![1, 2, 0, 3]
+        );
     }
 
     #[test]
