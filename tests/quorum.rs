@@ -721,3 +721,59 @@ async fn a_deep_queue_keeps_a_memory_budget_and_reads_the_rest_back_from_its_log
     }
     assert!(get(&ch, "deep").await.is_none());
 }
+
+/// RabbitMQ 3.12's `apply-to` per queue type: a `quorum_queues` policy shapes the quorum
+/// queue only, a `classic_queues` one the classic queue only; both show in `/api/queues`.
+#[tokio::test]
+async fn policies_for_one_queue_type_apply_to_that_type_only() {
+    let b = start_broker().await;
+    for (name, apply_to, max) in [
+        ("qq-cap", "quorum_queues", 1),
+        ("cq-cap", "classic_queues", 2),
+    ] {
+        let (code, body) = api(&b)
+            .put(
+                &format!("/api/policies/%2f/{name}"),
+                serde_json::json!({
+                    "pattern": "^jobs\\.",
+                    "apply-to": apply_to,
+                    "definition": {"max-length": max, "overflow": "reject-publish"},
+                }),
+            )
+            .await;
+        assert_eq!(code, 201, "{body}");
+    }
+    assert_eq!(
+        api(&b).ok("/api/policies/%2f/qq-cap").await["apply-to"],
+        "quorum_queues"
+    );
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    declare_quorum(&ch, "jobs.q", &[]).await;
+    within(
+        "declare classic",
+        ch.queue_declare("jobs.c".into(), durable(), FieldTable::default()),
+    )
+    .await
+    .unwrap();
+    let mut accepted = Vec::new();
+    for q in ["jobs.q", "jobs.c"] {
+        let mut n = 0;
+        for i in 0..3u8 {
+            n += confirmed(&ch, q, &[i], BasicProperties::default()).await as u32;
+        }
+        accepted.push(n);
+    }
+    assert_eq!(accepted, [1, 2], "each queue took its own type's limit");
+    assert_eq!(
+        api(&b).ok("/api/queues/%2f/jobs.q").await["policy"],
+        "qq-cap"
+    );
+    assert_eq!(
+        api(&b).ok("/api/queues/%2f/jobs.c").await["policy"],
+        "cq-cap"
+    );
+}

@@ -22,10 +22,20 @@ use serde_json::{Map, Value};
 #[serde(rename_all = "snake_case")]
 pub enum ApplyTo {
     Queues,
-    #[serde(rename = "classic_queues")]
+    /// RabbitMQ 3.12's per-type choices: a policy for one queue type only.
     ClassicQueues,
+    QuorumQueues,
+    Streams,
     Exchanges,
     All,
+}
+
+/// What a policy is looked up for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    Exchange,
+    /// A queue of this type (`classic`, `quorum`, `stream`).
+    Queue(&'a str),
 }
 
 impl ApplyTo {
@@ -33,6 +43,8 @@ impl ApplyTo {
         match s {
             "queues" => Some(Self::Queues),
             "classic_queues" => Some(Self::ClassicQueues),
+            "quorum_queues" => Some(Self::QuorumQueues),
+            "streams" => Some(Self::Streams),
             "exchanges" => Some(Self::Exchanges),
             "all" => Some(Self::All),
             _ => None,
@@ -43,17 +55,23 @@ impl ApplyTo {
         match self {
             Self::Queues => "queues",
             Self::ClassicQueues => "classic_queues",
+            Self::QuorumQueues => "quorum_queues",
+            Self::Streams => "streams",
             Self::Exchanges => "exchanges",
             Self::All => "all",
         }
     }
 
-    fn queues(self) -> bool {
-        matches!(self, Self::Queues | Self::ClassicQueues | Self::All)
-    }
-
-    fn exchanges(self) -> bool {
-        matches!(self, Self::Exchanges | Self::All)
+    fn applies_to(self, target: Target) -> bool {
+        match (self, target) {
+            (Self::All, _)
+            | (Self::Exchanges, Target::Exchange)
+            | (Self::Queues, Target::Queue(_)) => true,
+            (Self::ClassicQueues, Target::Queue(kind)) => kind == "classic",
+            (Self::QuorumQueues, Target::Queue(kind)) => kind == "quorum",
+            (Self::Streams, Target::Queue(kind)) => kind == "stream",
+            _ => false,
+        }
     }
 }
 
@@ -187,18 +205,11 @@ impl Policy {
     }
 }
 
-/// The policy that applies to a queue (`queue = true`) or exchange named `name`.
-pub fn matching<'a>(policies: &'a [Policy], name: &str, queue: bool) -> Option<&'a Policy> {
+/// The policy that applies to the queue or exchange named `name`.
+pub fn matching<'a>(policies: &'a [Policy], name: &str, target: Target) -> Option<&'a Policy> {
     policies
         .iter()
-        .filter(|p| {
-            let kind = if queue {
-                p.record.apply_to.queues()
-            } else {
-                p.record.apply_to.exchanges()
-            };
-            kind && p.matches(name)
-        })
+        .filter(|p| p.record.apply_to.applies_to(target) && p.matches(name))
         .max_by(|a, b| {
             a.record
                 .priority
@@ -310,10 +321,36 @@ mod tests {
             policy("low", "^jobs", 0, json!({"max-length": 10})),
             policy("high", "^jobs\\.", 5, json!({"max-length": 20})),
         ];
-        assert_eq!(matching(&ps, "jobs.gpu", true).unwrap().name(), "high");
-        assert_eq!(matching(&ps, "jobsx", true).unwrap().name(), "low");
-        assert!(matching(&ps, "other", true).is_none());
-        assert!(matching(&ps, "jobs.gpu", false).is_none());
+        let q = Target::Queue("classic");
+        assert_eq!(matching(&ps, "jobs.gpu", q).unwrap().name(), "high");
+        assert_eq!(matching(&ps, "jobsx", q).unwrap().name(), "low");
+        assert!(matching(&ps, "other", q).is_none());
+        assert!(matching(&ps, "jobs.gpu", Target::Exchange).is_none());
+    }
+
+    #[test]
+    fn per_type_policies_apply_to_their_queue_type_only() {
+        let typed = |name: &str, apply_to: &str, priority| {
+            let mut r = record(name, "^jobs", priority, json!({"max-length": 1}));
+            r.apply_to = ApplyTo::parse(apply_to).unwrap();
+            Policy::new(r, PolicyKind::User).unwrap()
+        };
+        let ps = vec![
+            typed("any", "queues", 0),
+            typed("cq", "classic_queues", 1),
+            typed("qq", "quorum_queues", 2),
+            typed("sq", "streams", 3),
+        ];
+        let name = |kind| matching(&ps, "jobs", Target::Queue(kind)).map(Policy::name);
+        assert_eq!(name("classic"), Some("cq"));
+        assert_eq!(name("quorum"), Some("qq"));
+        assert_eq!(name("stream"), Some("sq"));
+        assert!(matching(&ps, "jobs", Target::Exchange).is_none());
+        assert_eq!(
+            ApplyTo::parse("quorum_queues").unwrap().as_str(),
+            "quorum_queues"
+        );
+        assert!(ApplyTo::parse("quorum").is_none());
     }
 
     #[test]

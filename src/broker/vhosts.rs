@@ -277,16 +277,17 @@ impl Broker {
 
 impl VHost {
     /// The name of the policy that applies to a queue or exchange, if any.
-    pub fn policy_name(&self, name: &str, queue: bool) -> Option<String> {
+    pub fn policy_name(&self, name: &str, target: policy::Target) -> Option<String> {
         let s = self.settings.read();
-        policy::matching(&s.policies, name, queue).map(|p| p.name().to_string())
+        policy::matching(&s.policies, name, target).map(|p| p.name().to_string())
     }
 
     /// The user and operator policies that apply to a queue, and their merged definition.
-    pub fn queue_policies(&self, name: &str) -> QueuePolicies {
+    pub fn queue_policies(&self, q: &super::queue::Queue) -> QueuePolicies {
         let s = self.settings.read();
-        let user = policy::matching(&s.policies, name, true);
-        let operator = policy::matching(&s.operator_policies, name, true);
+        let target = policy::Target::Queue(q.kind_info().type_name);
+        let user = policy::matching(&s.policies, q.name(), target);
+        let operator = policy::matching(&s.operator_policies, q.name(), target);
         QueuePolicies {
             policy: user.map(|p| p.name().to_string()),
             operator_policy: operator.map(|p| p.name().to_string()),
@@ -324,9 +325,10 @@ impl VHost {
 
     /// Compute a queue's effective arguments from its own and its policies, and apply them.
     pub fn apply_queue_policy(self: &Arc<Self>, q: &Arc<super::queue::Queue>) {
+        let target = policy::Target::Queue(q.kind_info().type_name);
         let s = self.settings.read();
-        let p = policy::matching(&s.policies, q.name(), true);
-        let op = policy::matching(&s.operator_policies, q.name(), true);
+        let p = policy::matching(&s.policies, q.name(), target);
+        let op = policy::matching(&s.operator_policies, q.name(), target);
         let effective = policy::effective_queue_arguments(&q.spec.arguments, p, op);
         drop(s);
         q.set_effective_arguments(&effective);
@@ -335,7 +337,7 @@ impl VHost {
     /// An exchange's alternate exchange: its argument, else its policy's.
     pub fn apply_exchange_policy(&self, e: &Arc<super::exchange::Exchange>) {
         let s = self.settings.read();
-        let p = policy::matching(&s.policies, e.name(), false);
+        let p = policy::matching(&s.policies, e.name(), policy::Target::Exchange);
         e.set_alternate(policy::effective_alternate_exchange(&e.spec.arguments, p));
     }
 }

@@ -63,7 +63,7 @@ pub fn exchange_json(v: &VHost, e: &Exchange) -> Value {
     if let Some(n) = e.messages_delayed() {
         j["messages_delayed"] = json!(n);
     }
-    if let Some(p) = v.policy_name(e.name(), false) {
+    if let Some(p) = v.policy_name(e.name(), crate::broker::policy::Target::Exchange) {
         j["policy"] = json!(p);
     }
     j

@@ -127,7 +127,7 @@ pub fn queue_row(ctx: &Ctx, v: &VHost, q: &Queue) -> QueueRow {
     let policies = if v.settings.read().no_queue_policies() {
         None
     } else {
-        Some(v.queue_policies(q.name()))
+        Some(v.queue_policies(q))
     };
     let (policy, operator_policy, effective_policy_definition) = match policies {
         Some(p) => (p.policy, p.operator_policy, p.definition),
