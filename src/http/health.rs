@@ -23,6 +23,14 @@ pub fn routes() -> Router<Arc<Ctx>> {
         .route("/api/health/checks/local-alarms", get(local_alarms))
         .route("/api/health/checks/virtual-hosts", get(ok))
         .route(
+            "/api/health/checks/node-is-quorum-critical",
+            get(single_node),
+        )
+        .route(
+            "/api/health/checks/node-is-mirror-sync-critical",
+            get(single_node),
+        )
+        .route(
             "/api/health/checks/port-listener/{port}",
             get(port_listener),
         )
@@ -39,6 +47,13 @@ pub fn routes() -> Router<Arc<Ctx>> {
 
 async fn ok(_: Authed) -> Json<Value> {
     Json(json!({"status": "ok"}))
+}
+
+/// Whether stopping this node would cost a quorum queue its majority: never while the node
+/// is the only one (RabbitMQ answers the same on a single node; the cluster will count
+/// each queue's online members here).
+async fn single_node(_: Authed) -> Json<Value> {
+    Json(json!({"status": "ok", "reason": "single node cluster"}))
 }
 
 async fn node(
