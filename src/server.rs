@@ -50,7 +50,7 @@ impl ServerHandle {
     /// Stop accepting, close every connection with 320 CONNECTION_FORCED, flush, and wait.
     /// Returns once the store is closed, so the data dir can be opened again at once.
     pub async fn shutdown(self) {
-        let store = self.broker.store.as_ref().map(Arc::downgrade);
+        let closed = self.broker.store.as_ref().map(|s| s.closed());
         let ServerHandle {
             shutdown,
             task,
@@ -71,13 +71,14 @@ impl ServerHandle {
             let _ = t.await;
         }
         // Tasks finishing (an in-flight flush, a closing connection) may hold the store a
-        // moment longer; wait, bounded, until sled has released the data dir.
-        if let Some(weak) = store {
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-            while weak.strong_count() > 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
-            if weak.strong_count() > 0 {
+        // moment longer, and the last holder then runs its final write: wait, bounded, until
+        // the store is dropped completely and sled has released the data dir.
+        if let Some(mut closed) = closed {
+            let gone = async { while closed.changed().await.is_ok() {} };
+            if tokio::time::timeout(Duration::from_secs(10), gone)
+                .await
+                .is_err()
+            {
                 tracing::warn!("the store is still in use after shutdown");
             }
         }

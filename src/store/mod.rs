@@ -149,6 +149,10 @@ pub struct Store {
     /// The Raft log and shared state of quorum queue groups (opened after the store, as
     /// its damage reports go to the store's health).
     quorum: std::sync::OnceLock<std::sync::Arc<crate::raft::node::RaftNode>>,
+    /// Dropped last, after `Drop::drop` has written the final round and snapshot and every
+    /// other field (sled included) is gone: [`Store::closed`] receivers see that. The Arc's
+    /// strong count reaches zero before `drop` runs, so it cannot tell a stop is complete.
+    closed: tokio::sync::watch::Sender<()>,
 }
 
 impl Drop for Store {
@@ -218,6 +222,7 @@ impl Store {
             defs_lock: parking_lot::Mutex::new(()),
             queue_id_floor: std::sync::atomic::AtomicU64::new(0),
             quorum: std::sync::OnceLock::new(),
+            closed: tokio::sync::watch::channel(()).0,
         })
     }
 
@@ -227,6 +232,11 @@ impl Store {
             .map_err(StoreError::Quorum)?;
         let _ = self.quorum.set(std::sync::Arc::new(node));
         Ok(())
+    }
+
+    /// Resolves (its `changed()` errs) once this store is completely dropped.
+    pub fn closed(&self) -> tokio::sync::watch::Receiver<()> {
+        self.closed.subscribe()
     }
 
     pub fn quorum(&self) -> Option<&std::sync::Arc<crate::raft::node::RaftNode>> {
