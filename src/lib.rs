@@ -16,7 +16,10 @@
 //!   definitions snapshot), persistent messages in an append-only segment log (`segments`,
 //!   `record`, `recovery`), damage reporting, `warrenmq check`, format version
 //! - `raft`       — openraft groups (one per quorum queue) over one shared, group-committed
-//!   log whose records the queues read their paged-out messages back from
+//!   log whose records the queues read their paged-out messages back from; their RPCs go
+//!   between nodes over `cluster`
+//! - `cluster`    — node names and ids, the shared secret and its handshake, the inter-node
+//!   transport (one authenticated, pipelined connection per peer) and its frames
 //! - `auth`       — users, password hashes, tags, permissions and their checks; PLAIN/AMQPLAIN
 //! - `ctl`        — `warrenmq ctl`, the admin client of the management API
 //! - `http`       — management HTTP API, Prometheus metrics, rates, the dashboard
@@ -25,6 +28,7 @@
 pub mod auth;
 pub mod broker;
 pub mod channel;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod ctl;

@@ -319,7 +319,7 @@ impl Quorum {
         let raft = Raft::new(
             THIS_NODE,
             crate::raft::group_config(name),
-            crate::raft::network::Network,
+            crate::raft::network::Network::new(self.group, None),
             LogStore::new(self.node.log.clone(), self.group),
             StateMachine(self.clone()),
         )
