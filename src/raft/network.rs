@@ -80,6 +80,7 @@ impl Peer {
     fn rpc_error<E: std::error::Error>(
         &self,
         e: CallError,
+        action: openraft::network::RPCTypes,
         option: &RPCOption,
     ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
         match e {
@@ -89,7 +90,7 @@ impl Peer {
                 ..
             } => RPCError::Unreachable(Unreachable::new(&e)),
             CallError::Timeout(_) => RPCError::Timeout(Timeout {
-                action: openraft::network::RPCTypes::AppendEntries,
+                action,
                 id: self.cluster.as_ref().map_or(0, |c| c.me),
                 target: self.target,
                 timeout: option.hard_ttl(),
@@ -125,7 +126,7 @@ impl RaftNetwork<TypeConfig> for Peer {
                 &option,
             )
             .await
-            .map_err(|e| self.rpc_error(e, &option))?;
+            .map_err(|e| self.rpc_error(e, openraft::network::RPCTypes::AppendEntries, &option))?;
         let answer = match kind {
             Kind::AppendOk => wire::get_append_response(&mut &body[..]),
             _ => None,
@@ -163,7 +164,13 @@ impl RaftNetwork<TypeConfig> for Peer {
                     RaftError::APIError(InstallSnapshotError::SnapshotMismatch(m)),
                 )))
             }
-            Err(e) => return Err(self.rpc_error(e, &option)),
+            Err(e) => {
+                return Err(self.rpc_error(
+                    e,
+                    openraft::network::RPCTypes::InstallSnapshot,
+                    &option,
+                ))
+            }
         };
         match kind {
             Kind::SnapshotOk => wire::get_snapshot_response(&mut &body[..]),
@@ -180,7 +187,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         let (kind, body) = self
             .call(Kind::Vote, |b| wire::put_vote_request(b, &rpc), &option)
             .await
-            .map_err(|e| self.rpc_error(e, &option))?;
+            .map_err(|e| self.rpc_error(e, openraft::network::RPCTypes::Vote, &option))?;
         match kind {
             Kind::VoteOk => wire::get_vote_response(&mut &body[..]),
             _ => None,
