@@ -85,6 +85,23 @@ pub struct Config {
     /// `AMQPLAIN` and `RABBIT-CR-DEMO` (RabbitMQ's challenge-response demo: the user name
     /// in start-ok, the password in secure-ok; as plain-text as PLAIN).
     pub auth_mechanisms: Vec<String>,
+    /// This node's name in the cluster and the management API (`warrenmq@<hostname>` by
+    /// default). Its Raft id derives from it, so it must stay the same across restarts.
+    pub node_name: Option<String>,
+    /// The inter-node listener; the node is clustered only when this is set.
+    pub cluster_addr: Option<SocketAddr>,
+    /// The address other nodes reach `cluster_addr` at (default: `cluster_addr` itself;
+    /// set it when that is a wildcard or behind NAT).
+    pub cluster_advertise: Option<String>,
+    /// Cluster addresses of the initial members. Nodes started with the same list form one
+    /// cluster on first start; a new node given a running member's address joins it.
+    pub cluster_peers: Vec<String>,
+    /// The shared cluster secret (at least 16 bytes); default `<data dir>/cluster.secret`,
+    /// or `WARRENMQ_CLUSTER_SECRET`.
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Raft election timeout, ms: how long followers wait for a leader before electing a
+    /// new one (failover time).
+    pub cluster_election_timeout: u64,
 }
 
 /// The SASL mechanisms the broker implements.
@@ -204,6 +221,12 @@ impl Default for Config {
                 .iter()
                 .map(|m| m.to_string())
                 .collect(),
+            node_name: None,
+            cluster_addr: None,
+            cluster_advertise: None,
+            cluster_peers: Vec::new(),
+            cluster_secret_file: None,
+            cluster_election_timeout: 3000,
         }
     }
 }
@@ -256,6 +279,24 @@ pub struct ServeArgs {
     /// With --tls-verify-peer: refuse amqps clients without a certificate.
     #[arg(long, env = "WARRENMQ_TLS_FAIL_IF_NO_PEER_CERT")]
     pub tls_fail_if_no_peer_cert: bool,
+    /// This node's name (default warrenmq@<hostname>); keep it across restarts.
+    #[arg(long, env = "WARRENMQ_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Inter-node listen address; setting it makes this node a cluster member.
+    #[arg(long, env = "WARRENMQ_CLUSTER_ADDR")]
+    pub cluster_addr: Option<SocketAddr>,
+    /// The address peers reach --cluster-addr at (default: --cluster-addr).
+    #[arg(long, env = "WARRENMQ_CLUSTER_ADVERTISE")]
+    pub cluster_advertise: Option<String>,
+    /// Cluster addresses of the initial members, comma-separated.
+    #[arg(long, env = "WARRENMQ_CLUSTER_PEERS", value_delimiter = ',')]
+    pub cluster_peers: Option<Vec<String>>,
+    /// File holding the shared cluster secret (default <data dir>/cluster.secret).
+    #[arg(long, env = "WARRENMQ_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Raft election timeout, ms (failover time; default 3000).
+    #[arg(long, env = "WARRENMQ_CLUSTER_ELECTION_TIMEOUT")]
+    pub cluster_election_timeout: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -331,6 +372,28 @@ impl Config {
         // Boolean flags can only turn these on; the file may have set them already.
         cfg.tls_verify_peer |= args.tls_verify_peer;
         cfg.tls_fail_if_no_peer_cert |= args.tls_fail_if_no_peer_cert;
+        if let Some(v) = &args.node_name {
+            cfg.node_name = Some(v.clone());
+        }
+        if let Some(v) = args.cluster_addr {
+            cfg.cluster_addr = Some(v);
+        }
+        if let Some(v) = &args.cluster_advertise {
+            cfg.cluster_advertise = Some(v.clone());
+        }
+        if let Some(v) = &args.cluster_peers {
+            cfg.cluster_peers = v
+                .iter()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect();
+        }
+        if let Some(v) = &args.cluster_secret_file {
+            cfg.cluster_secret_file = Some(v.clone());
+        }
+        if let Some(v) = args.cluster_election_timeout {
+            cfg.cluster_election_timeout = v;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -394,6 +457,27 @@ impl Config {
                 KNOWN_AUTH_MECHANISMS.join(", ")
             )));
         }
+        if self.cluster_election_timeout < 150 {
+            return Err(ConfigError::Invalid(
+                "cluster_election_timeout must be at least 150 ms".into(),
+            ));
+        }
+        if self.cluster_addr.is_none()
+            && (!self.cluster_peers.is_empty() || self.cluster_advertise.is_some())
+        {
+            return Err(ConfigError::Invalid(
+                "cluster_peers and cluster_advertise need cluster_addr".into(),
+            ));
+        }
+        if self
+            .node_name
+            .as_ref()
+            .is_some_and(|n| n.is_empty() || n.len() > 255 || n.contains(char::is_whitespace))
+        {
+            return Err(ConfigError::Invalid(
+                "node_name must be 1 to 255 bytes without spaces".into(),
+            ));
+        }
         if self.tls_fail_if_no_peer_cert && !self.tls_verify_peer {
             return Err(ConfigError::Invalid(
                 "tls_fail_if_no_peer_cert needs tls_verify_peer".into(),
@@ -405,6 +489,20 @@ impl Config {
     /// TLS is configured: the amqps listener runs (and https, if `https_addr` is set).
     pub fn tls_enabled(&self) -> bool {
         self.tls_cert.is_some() && self.tls_key.is_some()
+    }
+
+    /// This node's name: the setting, or `warrenmq@<hostname>`.
+    pub fn node_name(&self) -> String {
+        self.node_name
+            .clone()
+            .unwrap_or_else(crate::cluster::default_node_name)
+    }
+
+    /// The cluster address peers use for this node.
+    pub fn cluster_advertise(&self) -> Option<String> {
+        self.cluster_advertise
+            .clone()
+            .or_else(|| self.cluster_addr.map(|a| a.to_string()))
     }
 
     pub fn handshake_timeout(&self) -> Duration {

@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start the broker (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Administer a running broker through its management HTTP API.
     Ctl(warrenmq::ctl::CtlArgs),
     /// Verify every file of a data dir offline (segments, ack files, definitions); exits
@@ -34,7 +34,7 @@ struct CheckArgs {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
-        Some(Command::Serve(a)) => a,
+        Some(Command::Serve(a)) => *a,
         Some(Command::Ctl(a)) => return ctl(a),
         Some(Command::Check(a)) => return check(&a.data_dir),
         None => cli.serve,

@@ -22,6 +22,10 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Secret(#[from] crate::cluster::secret::SecretError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::group::ClusterError),
 }
 
 /// A running broker.
@@ -142,6 +146,9 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let (metrics_listener, metrics_addr) = bind(config.metrics_addr).await?;
     let metrics_twin = loopback_twin(config.metrics_addr).await;
     let broker = Broker::open(config)?;
+    if let Some(addr) = broker.config.cluster_addr {
+        join_cluster(&broker, addr).await?;
+    }
     let (tx, rx) = watch::channel(false);
     let amqps_addr = amqps.as_ref().map(|((_, a), _)| *a);
     let https_addr = https.as_ref().map(|((_, a), _)| *a);
@@ -153,7 +160,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
         http_addr,
         metrics_addr,
         rates: Arc::default(),
-        node: format!("warrenmq@{}", crate::http::hostname()),
+        node: broker.config.node_name(),
         started: std::time::Instant::now(),
     });
     crate::http::rates::spawn(broker.clone(), ctx.rates.clone(), rx.clone());
@@ -215,6 +222,46 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
         tls_task,
         twin_tasks,
     })
+}
+
+/// Start the cluster listener and the cluster group: this node forms or joins the cluster
+/// in the background (a cluster that is not there yet never holds up local service).
+async fn join_cluster(broker: &Arc<Broker>, addr: SocketAddr) -> Result<(), ServerError> {
+    use crate::cluster::{group, secret::Secret, transport::Cluster};
+    let config = &broker.config;
+    let secret = Secret::load(config.cluster_secret_file.as_deref(), &config.data_dir)?;
+    let name = config.node_name();
+    let me = crate::cluster::node_id(&name);
+    // A frame carries at least one whole entry: room for the largest message, twice (a
+    // round holds several), and the rest of the entry.
+    let max_frame = (2 * config.max_message_size as usize).saturating_add(16 << 20);
+    let cluster = Cluster::start(me, &name, secret, addr, max_frame)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let advertise = config
+        .cluster_advertise
+        .clone()
+        .unwrap_or_else(|| cluster.addr.to_string());
+    let Some(node) = broker.store.as_ref().and_then(|s| s.quorum()).cloned() else {
+        return Ok(());
+    };
+    let settings = group::Settings {
+        me,
+        name: name.clone(),
+        advertise: advertise.clone(),
+        peers: config.cluster_peers.clone(),
+        election_timeout: config.cluster_election_timeout,
+    };
+    let g = group::ClusterGroup::start(
+        settings,
+        cluster,
+        node.log.clone(),
+        node.snapshot_dir.clone(),
+    )
+    .await?;
+    let _ = broker.cluster.set(g);
+    tracing::info!(node = %name, cluster_addr = %advertise, "cluster listener started");
+    Ok(())
 }
 
 fn connection_limit(broker: &Broker) -> usize {

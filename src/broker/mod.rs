@@ -37,6 +37,8 @@ pub struct Broker {
     /// What `connection.start` and the API call the cluster; set by `PUT /api/cluster-name`
     /// and kept in the store, as RabbitMQ's `cluster_name` global parameter.
     cluster_name: parking_lot::RwLock<String>,
+    /// The cluster group, when this node is clustered (`cluster_addr` set).
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::group::ClusterGroup>>,
 }
 
 /// The cluster name until one is set.
@@ -74,6 +76,7 @@ impl Broker {
             store: Some(store.clone()),
             next_conn_id: AtomicU64::new(1),
             connections: DashMap::new(),
+            cluster: std::sync::OnceLock::new(),
         };
         for vrec in broker.stored_vhosts()? {
             broker.recover_vhost(&store, vrec)?;
@@ -91,7 +94,9 @@ impl Broker {
                         .collect::<Vec<_>>()
                 })
                 .collect();
-            node.log.retain_groups(|g| claimed.contains(&g));
+            node.log.retain_groups(|g| {
+                claimed.contains(&g) || g == crate::cluster::group::CLUSTER_GROUP
+            });
         }
         store.start_flusher();
         Ok(Arc::new(broker))
@@ -221,6 +226,9 @@ impl Broker {
         }
         for stop in stops {
             stop.await;
+        }
+        if let Some(c) = self.cluster.get() {
+            c.shutdown().await;
         }
     }
 }

@@ -48,6 +48,16 @@ pub trait Group: Send + Sync + 'static {
         &self,
         r: InstallSnapshotRequest<TypeConfig>,
     ) -> BoxFuture<'_, Result<InstallSnapshotResponse<NodeId>, RemoteFailure>>;
+
+    /// The cluster group's "are you in a cluster?" (other groups have no such question).
+    fn status(&self) -> BoxFuture<'_, Result<wire::Status, RemoteFailure>> {
+        Box::pin(async { Err(RemoteFailure::NoGroup) })
+    }
+
+    /// The cluster group's "let me in".
+    fn join(&self, _r: wire::JoinRequest) -> BoxFuture<'_, Result<wire::Joined, RemoteFailure>> {
+        Box::pin(async { Err(RemoteFailure::NoGroup) })
+    }
 }
 
 impl Group for crate::raft::Raft {
@@ -279,6 +289,49 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Ask the node at `addr` about its cluster group.
+    pub async fn status(
+        &self,
+        addr: &str,
+        group: u64,
+        timeout: Duration,
+    ) -> Result<wire::Status, CallError> {
+        let (kind, body) = self
+            .call(addr, Kind::Status, group, |_| {}, timeout)
+            .await?;
+        match kind {
+            Kind::StatusOk => wire::get_status(&mut &body[..]),
+            _ => None,
+        }
+        .ok_or_else(|| CallError::Malformed(addr.to_string()))
+    }
+
+    /// Ask the node at `addr` to admit `r.node` to its cluster group.
+    pub async fn join(
+        &self,
+        addr: &str,
+        group: u64,
+        r: &wire::JoinRequest,
+        timeout: Duration,
+    ) -> Result<wire::Joined, CallError> {
+        let (kind, body) = self
+            .call(
+                addr,
+                Kind::Join,
+                group,
+                |b| wire::put_join_request(b, r),
+                timeout,
+            )
+            .await?;
+        match kind {
+            Kind::Joined => wire::get_joined(&mut &body[..]),
+            _ => None,
+        }
+        .ok_or_else(|| CallError::Malformed(addr.to_string()))
+    }
+}
+
 /// A request's answer frame (None: the request did not decode).
 async fn answer(
     handler: Option<Arc<dyn Group>>,
@@ -321,6 +374,25 @@ async fn answer(
                 Ok(a) => wire::frame(Kind::SnapshotOk, id, group, |b| {
                     wire::put_snapshot_response(b, &a)
                 }),
+                Err(f) => failure(f),
+            }
+        }
+        Kind::Status => {
+            let Some(h) = handler else {
+                return Some(failure(RemoteFailure::NoGroup));
+            };
+            match h.status().await {
+                Ok(a) => wire::frame(Kind::StatusOk, id, group, |b| wire::put_status(b, &a)),
+                Err(f) => failure(f),
+            }
+        }
+        Kind::Join => {
+            let r = wire::get_join_request(&mut body)?;
+            let Some(h) = handler else {
+                return Some(failure(RemoteFailure::NoGroup));
+            };
+            match h.join(r).await {
+                Ok(a) => wire::frame(Kind::Joined, id, group, |b| wire::put_joined(b, &a)),
                 Err(f) => failure(f),
             }
         }

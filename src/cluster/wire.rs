@@ -9,9 +9,16 @@
 //! append:   [vote] [prev log id?] [leader commit?] [n u32] {[len u32] [entry]}*
 //! snapshot: [vote] [last log id?] [membership log id?] [membership] [id len u16] [id]
 //!           [offset u64] [done u8] [len u32] [data]
+//! status:   (nothing)
+//! join:     [node u64] [member: len u16, bytes]
 //! answers:  vote [vote] [granted u8] [last log id?]; append [tag u8] ([log id?] | [vote]);
-//!           snapshot [vote]; error [code u8] (mismatch: [expect id, offset] [got id, offset])
+//!           snapshot [vote]; error [code u8] (mismatch: [expect id, offset] [got id, offset]);
+//!           status [node u64] [name] [member u8] [initialised u8] [leader: 0 | 1 node u64]
+//!           [n u32] {[node u64] [member]}*; joined [joined u8] [leader member] [message]
 //! ```
+//!
+//! Status and join are the cluster group's own: how a starting node learns whether its
+//! peers are in a cluster already, and how it asks the leader to be let in.
 
 use crate::raft::codec::{
     decode_entry, encode_entry, get_membership, get_opt_log_id, get_u32, get_u8, get_vote,
@@ -35,9 +42,13 @@ pub enum Kind {
     Vote = 1,
     Append = 2,
     Snapshot = 3,
+    Status = 4,
+    Join = 5,
     VoteOk = 0x81,
     AppendOk = 0x82,
     SnapshotOk = 0x83,
+    StatusOk = 0x84,
+    Joined = 0x85,
     Error = 0xFF,
 }
 
@@ -47,9 +58,13 @@ impl Kind {
             1 => Kind::Vote,
             2 => Kind::Append,
             3 => Kind::Snapshot,
+            4 => Kind::Status,
+            5 => Kind::Join,
             0x81 => Kind::VoteOk,
             0x82 => Kind::AppendOk,
             0x83 => Kind::SnapshotOk,
+            0x84 => Kind::StatusOk,
+            0x85 => Kind::Joined,
             0xFF => Kind::Error,
             _ => return None,
         })
@@ -263,6 +278,119 @@ pub fn get_snapshot_response(b: &mut &[u8]) -> Option<InstallSnapshotResponse<No
     Some(InstallSnapshotResponse { vote: get_vote(b)? })
 }
 
+/// A node's answer to "are you in a cluster?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub node: NodeId,
+    pub name: String,
+    /// This node is a voter or learner of the cluster group.
+    pub member: bool,
+    /// The cluster group has a membership here (it was formed, or this node was added).
+    pub initialised: bool,
+    pub leader: Option<NodeId>,
+    /// The members as the membership names them (`cluster::member`).
+    pub members: Vec<(NodeId, String)>,
+}
+
+/// "Let me in": the joiner's id and member string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinRequest {
+    pub node: NodeId,
+    pub member: String,
+}
+
+/// The answer to a join: admitted as a voter, or not (then, where the leader is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    pub joined: bool,
+    /// The leader's member string, when this node is not the leader and knows it.
+    pub leader: Option<String>,
+    pub message: String,
+}
+
+pub fn put_status(b: &mut Vec<u8>, s: &Status) {
+    b.put_u64(s.node);
+    put_str(b, &s.name);
+    b.put_u8(s.member as u8);
+    b.put_u8(s.initialised as u8);
+    match s.leader {
+        Some(l) => {
+            b.put_u8(1);
+            b.put_u64(l);
+        }
+        None => b.put_u8(0),
+    }
+    b.put_u32(s.members.len() as u32);
+    for (id, m) in &s.members {
+        b.put_u64(*id);
+        put_str(b, m);
+    }
+}
+
+fn get_u64(b: &mut &[u8]) -> Option<u64> {
+    if b.len() < 8 {
+        return None;
+    }
+    Some(b.get_u64())
+}
+
+pub fn get_status(b: &mut &[u8]) -> Option<Status> {
+    let node = get_u64(b)?;
+    let name = get_str(b)?;
+    let member = get_u8(b)? == 1;
+    let initialised = get_u8(b)? == 1;
+    let leader = match get_u8(b)? {
+        0 => None,
+        1 => Some(get_u64(b)?),
+        _ => return None,
+    };
+    let n = get_u32(b)? as usize;
+    // Each member takes at least an id and a length: nothing allocated beyond the frame.
+    if b.len() < n.checked_mul(8 + 2)? {
+        return None;
+    }
+    let mut members = Vec::with_capacity(n);
+    for _ in 0..n {
+        members.push((get_u64(b)?, get_str(b)?));
+    }
+    Some(Status {
+        node,
+        name,
+        member,
+        initialised,
+        leader,
+        members,
+    })
+}
+
+pub fn put_join_request(b: &mut Vec<u8>, r: &JoinRequest) {
+    b.put_u64(r.node);
+    put_str(b, &r.member);
+}
+
+pub fn get_join_request(b: &mut &[u8]) -> Option<JoinRequest> {
+    Some(JoinRequest {
+        node: get_u64(b)?,
+        member: get_str(b)?,
+    })
+}
+
+pub fn put_joined(b: &mut Vec<u8>, j: &Joined) {
+    b.put_u8(j.joined as u8);
+    put_str(b, j.leader.as_deref().unwrap_or(""));
+    put_str(b, &j.message);
+}
+
+pub fn get_joined(b: &mut &[u8]) -> Option<Joined> {
+    let joined = get_u8(b)? == 1;
+    let leader = Some(get_str(b)?).filter(|l| !l.is_empty());
+    Some(Joined {
+        joined,
+        leader,
+        message: get_str(b)?,
+    })
+}
+
 pub fn put_failure(b: &mut Vec<u8>, f: &RemoteFailure) {
     match f {
         RemoteFailure::NoGroup => b.put_u8(1),
@@ -439,6 +567,47 @@ mod tests {
         let mut b = Vec::new();
         put_failure(&mut b, &m);
         assert_eq!(get_failure(&mut &b[..]), Some(m));
+    }
+
+    #[test]
+    fn status_and_join_come_back_as_sent_and_truncations_fail() {
+        let s = Status {
+            node: 7,
+            name: "warrenmq@a".into(),
+            member: true,
+            initialised: true,
+            leader: Some(9),
+            members: vec![(7, "127.0.0.1:1 warrenmq@a".into()), (9, "h:2 b".into())],
+        };
+        let mut b = Vec::new();
+        put_status(&mut b, &s);
+        assert_eq!(get_status(&mut &b[..]), Some(s));
+        for cut in 0..b.len() {
+            assert!(get_status(&mut &b[..cut]).is_none(), "cut at {cut}");
+        }
+        let j = JoinRequest {
+            node: 3,
+            member: "x:1 c".into(),
+        };
+        let mut b = Vec::new();
+        put_join_request(&mut b, &j);
+        assert_eq!(get_join_request(&mut &b[..]), Some(j));
+        for answer in [
+            Joined {
+                joined: false,
+                leader: Some("h:2 b".into()),
+                message: "not the leader".into(),
+            },
+            Joined {
+                joined: true,
+                leader: None,
+                message: String::new(),
+            },
+        ] {
+            let mut b = Vec::new();
+            put_joined(&mut b, &answer);
+            assert_eq!(get_joined(&mut &b[..]), Some(answer));
+        }
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub struct Ctx {
     pub https_addr: Option<SocketAddr>,
     pub metrics_addr: SocketAddr,
     pub rates: Arc<rates::Rates>,
-    /// `warrenmq@<hostname>`, as RabbitMQ's node names.
+    /// This node's name (`node_name`, by default `warrenmq@<hostname>`).
     pub node: String,
     /// When the broker started (uptime).
     pub started: std::time::Instant,

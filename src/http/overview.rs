@@ -133,9 +133,32 @@ fn node_json(ctx: &Ctx) -> Value {
     })
 }
 
+/// Every node: this one in full; the other cluster members by name, address, role and
+/// whether they answer (their own figures are on their own API).
+fn nodes_json(ctx: &Ctx) -> Vec<Value> {
+    let Some(cluster) = ctx.broker.cluster.get() else {
+        return vec![node_json(ctx)];
+    };
+    cluster
+        .members()
+        .into_iter()
+        .map(|m| {
+            let mut v = if m.me {
+                node_json(ctx)
+            } else {
+                json!({"name": m.name, "type": "disc", "running": m.running})
+            };
+            v["cluster_addr"] = json!(m.addr);
+            v["raft_voter"] = json!(m.voter);
+            v["raft_leader"] = json!(m.leader);
+            v
+        })
+        .collect()
+}
+
 async fn nodes(axum::extract::State(ctx): State, user: Authed) -> ApiResult<Json<Value>> {
     user.require_monitor()?;
-    Ok(Json(json!([node_json(&ctx)])))
+    Ok(Json(json!(nodes_json(&ctx))))
 }
 
 async fn node(
@@ -144,10 +167,11 @@ async fn node(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
     user.require_monitor()?;
-    if name != ctx.node {
-        return Err(ApiError::not_found());
-    }
-    Ok(Json(node_json(&ctx)))
+    nodes_json(&ctx)
+        .into_iter()
+        .find(|n| n["name"] == name.as_str())
+        .map(Json)
+        .ok_or_else(ApiError::not_found)
 }
 
 async fn whoami(user: Authed) -> Json<Value> {

@@ -71,7 +71,13 @@ impl Peer {
             });
         };
         cluster
-            .call(&self.node.addr, kind, self.group, body, option.hard_ttl())
+            .call(
+                crate::cluster::member_addr(&self.node),
+                kind,
+                self.group,
+                body,
+                option.hard_ttl(),
+            )
             .await
     }
 

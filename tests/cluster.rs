@@ -1,0 +1,213 @@
+//! Forming and joining a cluster: three broker processes on this host, watched through
+//! each one's `/api/nodes`. Every wait is a bounded poll.
+
+mod common;
+
+use common::process::BrokerProcess;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "a cluster secret for the tests";
+/// Formation, joins and elections all finish well within this on a loaded 2-core host.
+const BOUND: Duration = Duration::from_secs(45);
+
+/// A free port below the ephemeral range (32768 and up on Linux), so that no broker's own
+/// port-0 listener can take it between this pick and the node's bind; never the same twice
+/// in one test process.
+fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 1000) as u16 * 10,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 32_000, "no free port left below the ephemeral range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+struct Node {
+    name: String,
+    http: u16,
+    cluster: u16,
+    dir: PathBuf,
+    proc: Option<BrokerProcess>,
+}
+
+impl Node {
+    fn new(root: &Path, name: &str) -> Node {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).expect("data dir");
+        Node {
+            name: format!("warrenmq@{name}"),
+            http: free_port(),
+            cluster: free_port(),
+            dir,
+            proc: None,
+        }
+    }
+
+    fn cluster_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.cluster)
+    }
+
+    fn start(&mut self, peers: &[String], secret: &str) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_warrenmq"));
+        cmd.args(["serve", "--amqp-addr", "127.0.0.1:0"])
+            .args(["--http-addr", &format!("127.0.0.1:{}", self.http)])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--log-level", "warn"])
+            .args(["--node-name", &self.name])
+            .args(["--cluster-addr", &self.cluster_addr()])
+            .args(["--cluster-peers", &peers.join(",")])
+            .args(["--cluster-election-timeout", "1000"])
+            .env("WARRENMQ_CLUSTER_SECRET", secret)
+            .env_remove("WARRENMQ_CLUSTER_SECRET_FILE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        self.proc = Some(BrokerProcess(cmd.spawn().expect("spawn broker")));
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    /// `/api/nodes` as this node answers it (None while it is not serving).
+    async fn nodes(&self) -> Option<Vec<Value>> {
+        let resp = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}/api/nodes", self.http))
+            .basic_auth("guest", Some("guest"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        resp.json::<Vec<Value>>().await.ok()
+    }
+}
+
+/// Poll `check` until it holds, failing the test with `what` and the last view after BOUND.
+async fn until(node: &Node, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + BOUND;
+    let mut last = None;
+    loop {
+        if let Some(nodes) = node.nodes().await {
+            if check(&nodes) {
+                return nodes;
+            }
+            last = Some(nodes);
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "{}: {what} not seen in {BOUND:?}; last /api/nodes: {last:#?}",
+                node.name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn names(nodes: &[Value]) -> Vec<String> {
+    let mut n: Vec<String> = nodes
+        .iter()
+        .filter_map(|n| n["name"].as_str().map(String::from))
+        .collect();
+    n.sort();
+    n
+}
+
+/// Every one of `expected` is a running voter, and one of them leads.
+fn formed(expected: &[&str]) -> impl Fn(&[Value]) -> bool {
+    let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    move |nodes| {
+        names(nodes) == want
+            && nodes
+                .iter()
+                .all(|n| n["running"] == true && n["raft_voter"] == true)
+            && nodes.iter().filter(|n| n["raft_leader"] == true).count() == 1
+    }
+}
+
+fn leader(nodes: &[Value]) -> String {
+    nodes
+        .iter()
+        .find(|n| n["raft_leader"] == true)
+        .and_then(|n| n["name"].as_str())
+        .expect("a leader")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_with_one_peer_list_form_one_cluster_and_survive_a_kill() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Node::new(root.path(), n))
+        .collect();
+    let peers: Vec<String> = nodes.iter().map(Node::cluster_addr).collect();
+    for n in nodes.iter_mut() {
+        n.start(&peers, SECRET);
+    }
+    let all: Vec<&str> = vec!["warrenmq@a", "warrenmq@b", "warrenmq@c"];
+    let mut leaders = Vec::new();
+    for n in &nodes {
+        let view = until(n, "a cluster of all three", formed(&all)).await;
+        leaders.push(leader(&view));
+    }
+    leaders.dedup();
+    assert_eq!(leaders.len(), 1, "every node names the same leader");
+
+    // A member killed shows as not running on the others, and comes back as a member
+    // (from its own log: it does not join again) when restarted.
+    nodes[2].kill();
+    until(&nodes[0], "c not running", |v| {
+        v.iter()
+            .any(|n| n["name"] == "warrenmq@c" && n["running"] == false)
+    })
+    .await;
+    nodes[2].start(&[], SECRET);
+    for n in &nodes {
+        until(n, "c back in the cluster", formed(&all)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_a_running_member_through_any_member_and_a_wrong_secret_stays_out() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut a = Node::new(root.path(), "a");
+    let mut b = Node::new(root.path(), "b");
+    let mut c = Node::new(root.path(), "c");
+    let mut d = Node::new(root.path(), "d");
+    // A alone forms a cluster of one.
+    a.start(&[], SECRET);
+    until(&a, "a cluster of one", formed(&["warrenmq@a"])).await;
+    // B joins through A; C joins through B (a follower, which names the leader).
+    b.start(&[a.cluster_addr()], SECRET);
+    until(&a, "b admitted", formed(&["warrenmq@a", "warrenmq@b"])).await;
+    c.start(&[b.cluster_addr()], SECRET);
+    let three = ["warrenmq@a", "warrenmq@b", "warrenmq@c"];
+    for n in [&a, &b, &c] {
+        until(n, "a cluster of three", formed(&three)).await;
+    }
+    // D has another secret: A refuses it (the handshake fails), so D is in no cluster,
+    // not even one of its own, and the three stay three.
+    d.start(&[a.cluster_addr()], "not the cluster's secret at all");
+    until(&d, "d serving outside the cluster", |v| {
+        names(v) == ["warrenmq@d"] && v[0]["raft_voter"] == false
+    })
+    .await;
+    let view = a.nodes().await.expect("a answers");
+    assert_eq!(names(&view), three, "d never got in");
+}
