@@ -470,6 +470,17 @@ impl Config {
             ));
         }
         if self
+            .cluster_addr
+            .is_some_and(|a| a.ip().is_unspecified() || a.port() == 0)
+            && self.cluster_advertise.is_none()
+        {
+            return Err(ConfigError::Invalid(
+                "cluster_addr is a wildcard address or port 0: set cluster_advertise to the \
+                 address other nodes reach this one at"
+                    .into(),
+            ));
+        }
+        if self
             .node_name
             .as_ref()
             .is_some_and(|n| n.is_empty() || n.len() > 255 || n.contains(char::is_whitespace))

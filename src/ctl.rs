@@ -1,5 +1,6 @@
 //! `warrenmq ctl`: a small admin client for the management HTTP API of a running broker
-//! (list, declare, delete, export, import), so operators need no other tool.
+//! (list, declare, delete, export, import, cluster status and forget), so operators need no
+//! other tool.
 
 use serde_json::{json, Value};
 use std::io::Write;
@@ -49,6 +50,19 @@ pub enum CtlCommand {
     Export { file: Option<std::path::PathBuf> },
     /// Load definitions from a JSON file (a RabbitMQ export works too).
     Import { file: std::path::PathBuf },
+    /// The cluster: its members, or forgetting one that is gone for good.
+    Cluster {
+        #[command(subcommand)]
+        what: ClusterCommand,
+    },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Every member: name, cluster address, running, voter, leader.
+    Status,
+    /// Remove a member that will not come back (it stops counting towards majorities).
+    Forget { node: String },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -310,6 +324,42 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                 serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
             c.call(Method::POST, "/definitions", Some(&v)).await?;
             writeln!(out, "definitions imported from {}", file.display()).map_err(io)?;
+        }
+        CtlCommand::Cluster {
+            what: ClusterCommand::Status,
+        } => {
+            let v = c.call(Method::GET, "/nodes", None).await?;
+            let fields = [
+                "name",
+                "cluster_addr",
+                "running",
+                "raft_voter",
+                "raft_leader",
+            ];
+            let rows: Vec<Vec<String>> = v
+                .as_array()
+                .map(|a| a.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .map(|n| fields.iter().map(|f| cell(&n[*f])).collect())
+                .collect();
+            table(
+                &mut out,
+                &["node", "cluster address", "running", "voter", "leader"],
+                &rows,
+            )
+            .map_err(io)?;
+        }
+        CtlCommand::Cluster {
+            what: ClusterCommand::Forget { node },
+        } => {
+            c.call(
+                Method::DELETE,
+                &format!("/cluster/nodes/{}", seg(&node)),
+                None,
+            )
+            .await?;
+            writeln!(out, "{node} forgotten").map_err(io)?;
         }
     }
     Ok(())

@@ -210,4 +210,36 @@ async fn nodes_join_a_running_member_through_any_member_and_a_wrong_secret_stays
     .await;
     let view = a.nodes().await.expect("a answers");
     assert_eq!(names(&view), three, "d never got in");
+
+    // C is gone for good: `ctl cluster forget` on B (a follower or the leader) removes it,
+    // and the two left still have a leader.
+    c.kill();
+    let status = ctl(&b, &["cluster", "status"]);
+    assert!(status.contains("warrenmq@c"), "{status}");
+    let out = ctl(&b, &["cluster", "forget", "warrenmq@c"]);
+    assert!(out.contains("warrenmq@c forgotten"), "{out}");
+    for n in [&a, &b] {
+        until(n, "a cluster of two", formed(&["warrenmq@a", "warrenmq@b"])).await;
+    }
+    let status = ctl(&a, &["cluster", "status"]);
+    assert!(
+        status.contains("warrenmq@a") && !status.contains("warrenmq@c"),
+        "{status}"
+    );
+}
+
+/// `warrenmq ctl` against `node`'s API: its stdout (the test fails if it fails).
+fn ctl(node: &Node, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_warrenmq"))
+        .args(["ctl", "--url", &format!("http://127.0.0.1:{}", node.http)])
+        .args(args)
+        .output()
+        .expect("run ctl");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "ctl {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }

@@ -15,7 +15,7 @@
 //! Which members are up comes from a status call to each, every second.
 
 use super::transport::{BoxFuture, Cluster, Group};
-use super::wire::{JoinRequest, Joined, RemoteFailure, Status};
+use super::wire::{JoinRequest, Joined, Kind, RemoteFailure, Status};
 use super::{member, member_addr, member_name};
 use crate::raft::log::NodeLog;
 use crate::raft::network::Network;
@@ -60,6 +60,16 @@ pub struct Settings {
 pub enum ClusterError {
     #[error("cluster group did not start: {0}")]
     Raft(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForgetError {
+    #[error("no such cluster member")]
+    NotAMember,
+    #[error("a node cannot forget itself; ask another member")]
+    Itself,
+    #[error("the cluster could not remove it: {0}")]
+    Failed(String),
 }
 
 /// One member as this node sees it.
@@ -306,7 +316,7 @@ impl ClusterGroup {
         for _ in 0..3 {
             let answer = self
                 .cluster
-                .join(&target, CLUSTER_GROUP, &request, ADMIT_TIMEOUT)
+                .membership_change(&target, Kind::Join, CLUSTER_GROUP, &request, ADMIT_TIMEOUT)
                 .await
                 .map_err(|e| e.to_string())?;
             if answer.joined {
@@ -365,11 +375,8 @@ impl ClusterGroup {
             };
         }
         let name = member_name(&BasicNode::new(r.member.clone())).to_string();
-        let mut last = String::new();
-        // A change still committing (a just-elected leader's own entry) refuses another
-        // for a moment: try a few times.
-        for _ in 0..10 {
-            let step = async {
+        let done = self
+            .retry(|| async {
                 self.raft
                     .add_learner(r.node, BasicNode::new(r.member.clone()), true)
                     .await
@@ -381,16 +388,36 @@ impl ClusterGroup {
                     )
                     .await
                     .map_err(|e| e.to_string())
-            };
-            match tokio::time::timeout(ADMIT_TIMEOUT, step).await {
-                Ok(Ok(_)) => {
-                    tracing::info!(node = %name, "admitted to the cluster");
-                    return Joined {
-                        joined: true,
-                        leader: None,
-                        message: String::new(),
-                    };
+                    .map(|_| ())
+            })
+            .await;
+        match done {
+            Ok(()) => {
+                tracing::info!(node = %name, "admitted to the cluster");
+                Joined {
+                    joined: true,
+                    leader: None,
+                    message: String::new(),
                 }
+            }
+            Err(e) => {
+                tracing::warn!(node = %name, error = %e, "join refused");
+                refuse(e, None)
+            }
+        }
+    }
+
+    /// A membership change, tried a few times: one still committing (a just-elected
+    /// leader's own entry, another change) refuses the next for a moment.
+    async fn retry<F, Fut>(&self, step: F) -> Result<(), String>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let mut last = String::new();
+        for _ in 0..10 {
+            match tokio::time::timeout(ADMIT_TIMEOUT, step()).await {
+                Ok(Ok(())) => return Ok(()),
                 Ok(Err(e)) => last = e,
                 Err(_) => last = "timed out".into(),
             }
@@ -399,8 +426,107 @@ impl ClusterGroup {
             }
             self.pause(Duration::from_millis(200)).await;
         }
-        tracing::warn!(node = %name, error = %last, "join refused");
-        refuse(last, None)
+        Err(last)
+    }
+
+    /// Remove a member for good (`ctl cluster forget`): a node that is gone and will not
+    /// come back, so that it no longer counts towards majorities. Asked of any member; a
+    /// follower passes it to the leader.
+    pub async fn forget(&self, name: &str) -> Result<(), ForgetError> {
+        let m = self.membership();
+        let Some((id, node)) = m
+            .nodes()
+            .find(|(_, n)| member_name(n) == name)
+            .map(|(id, n)| (*id, n.clone()))
+        else {
+            return Err(ForgetError::NotAMember);
+        };
+        if id == self.me {
+            return Err(ForgetError::Itself);
+        }
+        let request = JoinRequest {
+            node: id,
+            member: node.addr.clone(),
+        };
+        let mut answer = self.remove(request.clone()).await;
+        for _ in 0..3 {
+            let Some(leader) = answer.leader.clone().filter(|_| !answer.joined) else {
+                break;
+            };
+            let addr = member_addr(&BasicNode::new(leader)).to_string();
+            answer = self
+                .cluster
+                .membership_change(&addr, Kind::Forget, CLUSTER_GROUP, &request, ADMIT_TIMEOUT)
+                .await
+                .map_err(|e| ForgetError::Failed(e.to_string()))?;
+        }
+        if answer.joined {
+            Ok(())
+        } else {
+            Err(ForgetError::Failed(answer.message))
+        }
+    }
+
+    /// The leader's side of a forget.
+    async fn remove(&self, r: JoinRequest) -> Joined {
+        let _one_at_a_time = self.admit.lock().await;
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(self.me) {
+            let leader = metrics.current_leader.and_then(|l| {
+                metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.addr.clone())
+            });
+            return Joined {
+                joined: false,
+                message: match leader {
+                    Some(_) => "this node is not the cluster leader".into(),
+                    None => "the cluster has no leader (no majority is up)".into(),
+                },
+                leader,
+            };
+        }
+        let ids = BTreeSet::from([r.node]);
+        let done = self
+            .retry(|| async {
+                let m = self.membership();
+                if m.voter_ids().any(|v| v == r.node) {
+                    self.raft
+                        .change_membership(
+                            openraft::ChangeMembers::RemoveVoters(ids.clone()),
+                            false,
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                if self.membership().get_node(&r.node).is_some() {
+                    self.raft
+                        .change_membership(openraft::ChangeMembers::RemoveNodes(ids.clone()), false)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })
+            .await;
+        let name = member_name(&BasicNode::new(r.member.clone())).to_string();
+        match done {
+            Ok(()) => {
+                tracing::info!(node = %name, "forgotten by the cluster");
+                self.seen.lock().remove(&r.node);
+                Joined {
+                    joined: true,
+                    leader: None,
+                    message: String::new(),
+                }
+            }
+            Err(e) => Joined {
+                joined: false,
+                leader: None,
+                message: e,
+            },
+        }
     }
 
     /// Ask every other member for its status, every second: who is running.
@@ -459,6 +585,10 @@ impl Group for ClusterGroup {
 
     fn join(&self, r: JoinRequest) -> BoxFuture<'_, Result<Joined, RemoteFailure>> {
         Box::pin(async move { Ok(self.admit(r).await) })
+    }
+
+    fn forget(&self, r: JoinRequest) -> BoxFuture<'_, Result<Joined, RemoteFailure>> {
+        Box::pin(async move { Ok(self.remove(r).await) })
     }
 }
 

@@ -58,6 +58,11 @@ pub trait Group: Send + Sync + 'static {
     fn join(&self, _r: wire::JoinRequest) -> BoxFuture<'_, Result<wire::Joined, RemoteFailure>> {
         Box::pin(async { Err(RemoteFailure::NoGroup) })
     }
+
+    /// The cluster group's "remove that node".
+    fn forget(&self, _r: wire::JoinRequest) -> BoxFuture<'_, Result<wire::Joined, RemoteFailure>> {
+        Box::pin(async { Err(RemoteFailure::NoGroup) })
+    }
 }
 
 impl Group for crate::raft::Raft {
@@ -307,22 +312,18 @@ impl Cluster {
         .ok_or_else(|| CallError::Malformed(addr.to_string()))
     }
 
-    /// Ask the node at `addr` to admit `r.node` to its cluster group.
-    pub async fn join(
+    /// Ask the node at `addr` to admit `r.node` to its cluster group (`Kind::Join`) or to
+    /// remove it (`Kind::Forget`).
+    pub async fn membership_change(
         &self,
         addr: &str,
+        kind: Kind,
         group: u64,
         r: &wire::JoinRequest,
         timeout: Duration,
     ) -> Result<wire::Joined, CallError> {
         let (kind, body) = self
-            .call(
-                addr,
-                Kind::Join,
-                group,
-                |b| wire::put_join_request(b, r),
-                timeout,
-            )
+            .call(addr, kind, group, |b| wire::put_join_request(b, r), timeout)
             .await?;
         match kind {
             Kind::Joined => wire::get_joined(&mut &body[..]),
@@ -386,12 +387,16 @@ async fn answer(
                 Err(f) => failure(f),
             }
         }
-        Kind::Join => {
+        Kind::Join | Kind::Forget => {
             let r = wire::get_join_request(&mut body)?;
             let Some(h) = handler else {
                 return Some(failure(RemoteFailure::NoGroup));
             };
-            match h.join(r).await {
+            let answer = match kind {
+                Kind::Join => h.join(r).await,
+                _ => h.forget(r).await,
+            };
+            match answer {
                 Ok(a) => wire::frame(Kind::Joined, id, group, |b| wire::put_joined(b, &a)),
                 Err(f) => failure(f),
             }

@@ -10,7 +10,7 @@
 //! snapshot: [vote] [last log id?] [membership log id?] [membership] [id len u16] [id]
 //!           [offset u64] [done u8] [len u32] [data]
 //! status:   (nothing)
-//! join:     [node u64] [member: len u16, bytes]
+//! join:     [node u64] [member: len u16, bytes]    (forget: the same, for the node to remove)
 //! answers:  vote [vote] [granted u8] [last log id?]; append [tag u8] ([log id?] | [vote]);
 //!           snapshot [vote]; error [code u8] (mismatch: [expect id, offset] [got id, offset]);
 //!           status [node u64] [name] [member u8] [initialised u8] [leader: 0 | 1 node u64]
@@ -44,6 +44,7 @@ pub enum Kind {
     Snapshot = 3,
     Status = 4,
     Join = 5,
+    Forget = 6,
     VoteOk = 0x81,
     AppendOk = 0x82,
     SnapshotOk = 0x83,
@@ -60,6 +61,7 @@ impl Kind {
             3 => Kind::Snapshot,
             4 => Kind::Status,
             5 => Kind::Join,
+            6 => Kind::Forget,
             0x81 => Kind::VoteOk,
             0x82 => Kind::AppendOk,
             0x83 => Kind::SnapshotOk,
@@ -299,7 +301,7 @@ pub struct JoinRequest {
     pub member: String,
 }
 
-/// The answer to a join: admitted as a voter, or not (then, where the leader is).
+/// The answer to a join or forget: done, or not (then, where the leader is).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Joined {
     pub joined: bool,

@@ -1,4 +1,5 @@
-//! `GET /api/overview`, `/api/nodes`, `/api/whoami`, `/api/cluster-name`.
+//! `GET /api/overview`, `/api/nodes`, `/api/whoami`, `/api/cluster-name`, and
+//! `DELETE /api/cluster/nodes/{node}` (forget a cluster member).
 
 use super::authn::{Authed, JsonBody};
 use super::error::{ApiError, ApiResult};
@@ -19,6 +20,10 @@ pub fn routes() -> Router<Arc<Ctx>> {
         .route("/api/overview", get(overview))
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{node}", get(node))
+        .route(
+            "/api/cluster/nodes/{node}",
+            axum::routing::delete(forget_node),
+        )
         .route("/api/whoami", get(whoami))
         .route(
             "/api/extensions",
@@ -172,6 +177,30 @@ async fn node(
         .find(|n| n["name"] == name.as_str())
         .map(Json)
         .ok_or_else(ApiError::not_found)
+}
+
+/// `DELETE /api/cluster/nodes/{node}` (`ctl cluster forget`): remove a member that is
+/// gone for good, so that majorities are counted without it. Administrators only.
+async fn forget_node(
+    axum::extract::State(ctx): State,
+    user: Authed,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    use crate::cluster::group::ForgetError;
+    user.require_admin()?;
+    let Some(cluster) = ctx.broker.cluster.get() else {
+        return Err(ApiError::bad_request("this node is not clustered"));
+    };
+    match cluster.forget(&name).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(ForgetError::NotAMember) => Err(ApiError::not_found()),
+        Err(e @ ForgetError::Itself) => Err(ApiError::bad_request(e.to_string())),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )),
+    }
 }
 
 async fn whoami(user: Authed) -> Json<Value> {
