@@ -84,6 +84,28 @@ impl Node {
         }
     }
 
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("http://127.0.0.1:{}/api{path}", self.http))
+            .basic_auth("guest", Some("guest"))
+            .timeout(Duration::from_secs(10));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("http");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
     /// `/api/nodes` as this node answers it (None while it is not serving).
     async fn nodes(&self) -> Option<Vec<Value>> {
         let resp = reqwest::Client::new()
@@ -210,6 +232,24 @@ async fn nodes_join_a_running_member_through_any_member_and_a_wrong_secret_stays
     .await;
     let view = a.nodes().await.expect("a answers");
     assert_eq!(names(&view), three, "d never got in");
+
+    // A quorum queue has its one member on A: stopping A would cost it its majority.
+    let critical = "/health/checks/node-is-quorum-critical";
+    assert_eq!(a.get(critical).await.0, 200);
+    let (status, _) = a
+        .put(
+            "/queues/%2F/qq",
+            serde_json::json!({"durable": true, "arguments": {"x-queue-type": "quorum"}}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, body) = a.get(critical).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["queues"][0]["name"], "qq", "{body}");
+    assert_eq!(
+        b.get(critical).await,
+        (200, serde_json::json!({"status": "ok"}))
+    );
 
     // C is gone for good: `ctl cluster forget` on B (a follower or the leader) removes it,
     // and the two left still have a leader.

@@ -24,11 +24,11 @@ pub fn routes() -> Router<Arc<Ctx>> {
         .route("/api/health/checks/virtual-hosts", get(ok))
         .route(
             "/api/health/checks/node-is-quorum-critical",
-            get(single_node),
+            get(quorum_critical),
         )
         .route(
             "/api/health/checks/node-is-mirror-sync-critical",
-            get(single_node),
+            get(mirror_sync_critical),
         )
         .route(
             "/api/health/checks/port-listener/{port}",
@@ -49,11 +49,57 @@ async fn ok(_: Authed) -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Whether stopping this node would cost a quorum queue its majority: never while the node
-/// is the only one (RabbitMQ answers the same on a single node; the cluster will count
-/// each queue's online members here).
-async fn single_node(_: Authed) -> Json<Value> {
-    Json(json!({"status": "ok", "reason": "single node cluster"}))
+/// A node that is not clustered, or the only member of its cluster: RabbitMQ's answer
+/// to the replica checks.
+fn single_node(ctx: &Ctx) -> Option<Json<Value>> {
+    let members = ctx.broker.cluster.get().map_or(1, |c| c.members().len());
+    (members <= 1).then(|| Json(json!({"status": "ok", "reason": "single node cluster"})))
+}
+
+/// Whether stopping this node would cost a quorum queue its majority, as RabbitMQ answers
+/// it: 503 listing those queues. A quorum queue's group has its one member on the node that
+/// declared it (replicas on other nodes are still to come), so in a cluster every quorum
+/// queue of this node is critical.
+async fn quorum_critical(axum::extract::State(ctx): State, _: Authed) -> Response {
+    if let Some(ok) = single_node(&ctx) {
+        return ok.into_response();
+    }
+    let queues: Vec<Value> = ctx
+        .broker
+        .vhosts
+        .iter()
+        .flat_map(|v| {
+            v.queues
+                .iter()
+                .filter(|q| q.raft_group().is_some())
+                .map(|q| {
+                    json!({
+                        "name": q.name(),
+                        "readable_name": format!("queue '{}' in vhost '{}'", q.name(), v.name),
+                        "virtual_host": v.name,
+                        "type": "quorum",
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if queues.is_empty() {
+        return Json(json!({"status": "ok"})).into_response();
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "status": "failed",
+            "reason": "There are quorum queues that would lose their quorum if the target node is shut down",
+            "queues": queues,
+        })),
+    )
+        .into_response()
+}
+
+/// Classic queues are never mirrored here: nothing waits for a mirror to sync.
+async fn mirror_sync_critical(axum::extract::State(ctx): State, _: Authed) -> Json<Value> {
+    single_node(&ctx).unwrap_or_else(|| Json(json!({"status": "ok"})))
 }
 
 async fn node(
