@@ -163,6 +163,15 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
         node: broker.config.node_name(),
         started: std::time::Instant::now(),
     });
+    if let Some(cluster) = broker.cluster.get() {
+        // Weak: the management state holds the broker, which holds the cluster group.
+        let weak = Arc::downgrade(&ctx);
+        cluster.set_figures(Box::new(move || {
+            weak.upgrade()
+                .map(|ctx| crate::http::overview::figures(&ctx))
+                .unwrap_or_default()
+        }));
+    }
     crate::http::rates::spawn(broker.clone(), ctx.rates.clone(), rx.clone());
     tokio::spawn(crate::broker::alarms::run_sampler(
         broker.alarms.clone(),

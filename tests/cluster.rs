@@ -190,6 +190,16 @@ async fn three_nodes_with_one_peer_list_form_one_cluster_and_survive_a_kill() {
     }
     leaders.dedup();
     assert_eq!(leaders.len(), 1, "every node names the same leader");
+    // Each node shows the others' own figures (their process ids, memory in use).
+    let b_pid = nodes[1].proc.as_ref().expect("b runs").0.id().to_string();
+    let view = until(&nodes[0], "b's figures", |v| {
+        v.iter()
+            .any(|n| n["name"] == "warrenmq@b" && n["os_pid"] == b_pid.as_str())
+    })
+    .await;
+    let b = view.iter().find(|n| n["name"] == "warrenmq@b").expect("b");
+    assert!(b["mem_used"].as_u64() > Some(0), "{b}");
+    assert!(b["fd_used"].as_u64() > Some(0), "{b}");
 
     // A member killed shows as not running on the others, and comes back as a member
     // (from its own log: it does not join again) when restarted.

@@ -15,7 +15,7 @@
 //! Which members are up comes from a status call to each, every second.
 
 use super::transport::{BoxFuture, Cluster, Group};
-use super::wire::{JoinRequest, Joined, Kind, RemoteFailure, Status};
+use super::wire::{Figures, JoinRequest, Joined, Kind, RemoteFailure, Status};
 use super::{member, member_addr, member_name};
 use crate::raft::log::NodeLog;
 use crate::raft::network::Network;
@@ -82,6 +82,8 @@ pub struct MemberView {
     pub leader: bool,
     pub running: bool,
     pub me: bool,
+    /// What the member reported in its last status answer (another member, running).
+    pub figures: Option<Figures>,
 }
 
 pub struct ClusterGroup {
@@ -91,8 +93,10 @@ pub struct ClusterGroup {
     peers: Vec<String>,
     pub cluster: Arc<Cluster>,
     pub raft: Raft,
-    /// When each other member last answered a status call.
-    seen: Mutex<HashMap<NodeId, Instant>>,
+    /// When each other member last answered a status call, and its figures then.
+    seen: Mutex<HashMap<NodeId, (Instant, Figures)>>,
+    /// This node's figures for status answers (set once the management API state exists).
+    figures: std::sync::OnceLock<Box<dyn Fn() -> Figures + Send + Sync>>,
     /// Membership changes one at a time: openraft refuses one while another is uncommitted.
     admit: tokio::sync::Mutex<()>,
     stop: watch::Sender<bool>,
@@ -139,6 +143,7 @@ impl ClusterGroup {
             cluster: cluster.clone(),
             raft,
             seen: Mutex::new(HashMap::new()),
+            figures: std::sync::OnceLock::new(),
             admit: tokio::sync::Mutex::new(()),
             stop: watch::channel(false).0,
             tasks: Mutex::new(Vec::new()),
@@ -164,6 +169,11 @@ impl ClusterGroup {
         self.cluster.stop();
     }
 
+    /// Where status answers take this node's figures from.
+    pub fn set_figures(&self, f: Box<dyn Fn() -> Figures + Send + Sync>) {
+        let _ = self.figures.set(f);
+    }
+
     fn membership(&self) -> Membership {
         self.raft
             .metrics()
@@ -186,15 +196,21 @@ impl ClusterGroup {
         let seen = self.seen.lock();
         let mut out: Vec<MemberView> = m
             .nodes()
-            .map(|(id, node)| MemberView {
-                id: *id,
-                name: member_name(node).to_string(),
-                addr: member_addr(node).to_string(),
-                voter: voters.contains(id),
-                leader: metrics.current_leader == Some(*id),
-                running: *id == self.me
-                    || seen.get(id).is_some_and(|t| t.elapsed() < RUNNING_WITHIN),
-                me: *id == self.me,
+            .map(|(id, node)| {
+                let recent = seen
+                    .get(id)
+                    .filter(|(t, _)| t.elapsed() < RUNNING_WITHIN)
+                    .map(|(_, f)| *f);
+                MemberView {
+                    id: *id,
+                    name: member_name(node).to_string(),
+                    addr: member_addr(node).to_string(),
+                    voter: voters.contains(id),
+                    leader: metrics.current_leader == Some(*id),
+                    running: *id == self.me || recent.is_some(),
+                    me: *id == self.me,
+                    figures: recent.filter(|_| *id != self.me),
+                }
             })
             .collect();
         if !out.iter().any(|v| v.me) {
@@ -206,6 +222,7 @@ impl ClusterGroup {
                 leader: false,
                 running: true,
                 me: true,
+                figures: None,
             });
         }
         out
@@ -221,6 +238,7 @@ impl ClusterGroup {
             initialised: m.voter_ids().next().is_some(),
             leader: metrics.current_leader,
             members: m.nodes().map(|(id, n)| (*id, n.addr.clone())).collect(),
+            figures: self.figures.get().map(|f| f()).unwrap_or_default(),
         }
     }
 
@@ -547,8 +565,11 @@ impl ClusterGroup {
             {
                 let mut seen = self.seen.lock();
                 for ((id, _), answer) in others.iter().zip(answers) {
-                    if matches!(answer, Ok(s) if s.node == *id) {
-                        seen.insert(*id, Instant::now());
+                    match answer {
+                        Ok(s) if s.node == *id => {
+                            seen.insert(*id, (Instant::now(), s.figures));
+                        }
+                        _ => {}
                     }
                 }
             }

@@ -14,7 +14,8 @@
 //! answers:  vote [vote] [granted u8] [last log id?]; append [tag u8] ([log id?] | [vote]);
 //!           snapshot [vote]; error [code u8] (mismatch: [expect id, offset] [got id, offset]);
 //!           status [node u64] [name] [member u8] [initialised u8] [leader: 0 | 1 node u64]
-//!           [n u32] {[node u64] [member]}*; joined [joined u8] [leader member] [message]
+//!           [n u32] {[node u64] [member]}* [figures: 9 × u64, alarms u8];
+//!           joined [joined u8] [leader member] [message]
 //! ```
 //!
 //! Status and join are the cluster group's own: how a starting node learns whether its
@@ -292,6 +293,68 @@ pub struct Status {
     pub leader: Option<NodeId>,
     /// The members as the membership names them (`cluster::member`).
     pub members: Vec<(NodeId, String)>,
+    /// The node's own figures, for every member's `/api/nodes`.
+    pub figures: Figures,
+}
+
+/// What `/api/nodes` shows of a node: its resources and alarms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Figures {
+    pub mem_used: u64,
+    pub mem_limit: u64,
+    pub disk_free: u64,
+    pub disk_free_limit: u64,
+    pub fd_used: u64,
+    pub fd_total: u64,
+    pub sockets_used: u64,
+    pub uptime_ms: u64,
+    pub os_pid: u64,
+    pub mem_alarm: bool,
+    pub disk_free_alarm: bool,
+}
+
+impl Figures {
+    fn numbers(&self) -> [u64; 9] {
+        [
+            self.mem_used,
+            self.mem_limit,
+            self.disk_free,
+            self.disk_free_limit,
+            self.fd_used,
+            self.fd_total,
+            self.sockets_used,
+            self.uptime_ms,
+            self.os_pid,
+        ]
+    }
+
+    fn put(&self, b: &mut Vec<u8>) {
+        for n in self.numbers() {
+            b.put_u64(n);
+        }
+        b.put_u8(self.mem_alarm as u8 | (self.disk_free_alarm as u8) << 1);
+    }
+
+    fn get(b: &mut &[u8]) -> Option<Figures> {
+        let mut n = [0u64; 9];
+        for v in n.iter_mut() {
+            *v = get_u64(b)?;
+        }
+        let alarms = get_u8(b)?;
+        Some(Figures {
+            mem_used: n[0],
+            mem_limit: n[1],
+            disk_free: n[2],
+            disk_free_limit: n[3],
+            fd_used: n[4],
+            fd_total: n[5],
+            sockets_used: n[6],
+            uptime_ms: n[7],
+            os_pid: n[8],
+            mem_alarm: alarms & 1 != 0,
+            disk_free_alarm: alarms & 2 != 0,
+        })
+    }
 }
 
 /// "Let me in": the joiner's id and member string.
@@ -327,6 +390,7 @@ pub fn put_status(b: &mut Vec<u8>, s: &Status) {
         b.put_u64(*id);
         put_str(b, m);
     }
+    s.figures.put(b);
 }
 
 fn get_u64(b: &mut &[u8]) -> Option<u64> {
@@ -362,6 +426,7 @@ pub fn get_status(b: &mut &[u8]) -> Option<Status> {
         initialised,
         leader,
         members,
+        figures: Figures::get(b)?,
     })
 }
 
@@ -580,6 +645,13 @@ mod tests {
             initialised: true,
             leader: Some(9),
             members: vec![(7, "127.0.0.1:1 warrenmq@a".into()), (9, "h:2 b".into())],
+            figures: Figures {
+                mem_used: 1,
+                disk_free: 3,
+                os_pid: 9,
+                disk_free_alarm: true,
+                ..Default::default()
+            },
         };
         let mut b = Vec::new();
         put_status(&mut b, &s);

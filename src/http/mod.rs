@@ -29,7 +29,7 @@ mod json;
 mod limits;
 mod list;
 pub mod metrics;
-mod overview;
+pub mod overview;
 mod permissions;
 mod policies;
 mod queues;

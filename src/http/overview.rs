@@ -5,6 +5,7 @@ use super::authn::{Authed, JsonBody};
 use super::error::{ApiError, ApiResult};
 use super::rates::{message_stats, Rate};
 use super::{metrics, Ctx, State};
+use crate::cluster::wire::Figures;
 use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -115,31 +116,76 @@ async fn overview(axum::extract::State(ctx): State, user: Authed) -> Json<Value>
     }))
 }
 
-fn node_json(ctx: &Ctx) -> Value {
+/// This node's resources and alarms, as `/api/nodes` shows them and status answers carry
+/// them to the other members.
+pub fn figures(ctx: &Ctx) -> Figures {
     let alarms = &ctx.broker.alarms;
     let state = alarms.state();
+    let (fd_used, fd_total) = file_descriptors();
+    Figures {
+        mem_used: metrics::rss_bytes(),
+        mem_limit: alarms.memory_limit(),
+        disk_free: metrics::disk_free(&ctx.broker.config.data_dir),
+        disk_free_limit: alarms.disk_free_limit(),
+        fd_used,
+        fd_total,
+        sockets_used: ctx.broker.connections.len() as u64,
+        uptime_ms: ctx.started.elapsed().as_millis() as u64,
+        os_pid: u64::from(std::process::id()),
+        mem_alarm: state.memory,
+        disk_free_alarm: state.disk,
+    }
+}
+
+/// Open descriptors of this process and its limit.
+fn file_descriptors() -> (u64, u64) {
+    let used = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    let total = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur as u64
+    } else {
+        0
+    };
+    (used, total)
+}
+
+/// A node's entry in `/api/nodes`, RabbitMQ's fields.
+fn figures_json(name: &str, f: &Figures) -> Value {
     json!({
-        "name": ctx.node,
+        "name": name,
         "type": "disc",
         "running": true,
-        "os_pid": std::process::id().to_string(),
-        "mem_used": metrics::rss_bytes(),
-        "mem_limit": alarms.memory_limit(),
-        "mem_alarm": state.memory,
-        "disk_free": metrics::disk_free(&ctx.broker.config.data_dir),
-        "disk_free_limit": alarms.disk_free_limit(),
-        "disk_free_alarm": state.disk,
-        "uptime": ctx.started.elapsed().as_millis() as u64,
-        "processors": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "os_pid": f.os_pid.to_string(),
+        "mem_used": f.mem_used,
+        "mem_limit": f.mem_limit,
+        "mem_alarm": f.mem_alarm,
+        "disk_free": f.disk_free,
+        "disk_free_limit": f.disk_free_limit,
+        "disk_free_alarm": f.disk_free_alarm,
+        "fd_used": f.fd_used,
+        "fd_total": f.fd_total,
+        "sockets_used": f.sockets_used,
+        "uptime": f.uptime_ms,
         "run_queue": 0,
         "partitions": [],
-        "sockets_used": ctx.broker.connections.len(),
         "applications": [],
     })
 }
 
-/// Every node: this one in full; the other cluster members by name, address, role and
-/// whether they answer (their own figures are on their own API).
+fn node_json(ctx: &Ctx) -> Value {
+    let mut v = figures_json(&ctx.node, &figures(ctx));
+    v["processors"] = json!(std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1));
+    v
+}
+
+/// Every node: this one in full; the other cluster members with the figures of their last
+/// status answer (name, address and role only while they do not answer).
 fn nodes_json(ctx: &Ctx) -> Vec<Value> {
     let Some(cluster) = ctx.broker.cluster.get() else {
         return vec![node_json(ctx)];
@@ -148,10 +194,10 @@ fn nodes_json(ctx: &Ctx) -> Vec<Value> {
         .members()
         .into_iter()
         .map(|m| {
-            let mut v = if m.me {
-                node_json(ctx)
-            } else {
-                json!({"name": m.name, "type": "disc", "running": m.running})
+            let mut v = match (&m.figures, m.me) {
+                (_, true) => node_json(ctx),
+                (Some(f), false) => figures_json(&m.name, f),
+                (None, false) => json!({"name": m.name, "type": "disc", "running": false}),
             };
             v["cluster_addr"] = json!(m.addr);
             v["raft_voter"] = json!(m.voter);
