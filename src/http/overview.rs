@@ -146,7 +146,7 @@ fn file_descriptors() -> (u64, u64) {
     };
     // SAFETY: getrlimit writes one rlimit into the struct it is given.
     let total = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_cur as u64
+        lim.rlim_cur
     } else {
         0
     };
