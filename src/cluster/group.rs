@@ -19,13 +19,14 @@ use super::wire::{Figures, JoinRequest, Joined, Kind, RemoteFailure, Status};
 use super::{member, member_addr, member_name};
 use crate::raft::log::NodeLog;
 use crate::raft::network::Network;
+use crate::raft::snapshot::{write_durably, SnapshotFile};
 use crate::raft::storage::LogStore;
 use crate::raft::{
     codec, Entry, LogId, Membership, NodeId, Raft, StorageError, StoredMembership, TypeConfig,
 };
 use futures_util::future::join_all;
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
-use openraft::{AnyError, BasicNode, EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use openraft::{AnyError, BasicNode, EntryPayload, StorageIOError};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
@@ -349,6 +350,22 @@ impl ClusterGroup {
         Err("no leader admitted this node".into())
     }
 
+    /// Ok while this node leads the cluster group; otherwise the leader's member string,
+    /// when one is known.
+    fn leading(&self) -> Result<(), Option<String>> {
+        let metrics = self.raft.metrics().borrow().clone();
+        match metrics.current_leader {
+            Some(l) if l == self.me => Ok(()),
+            leader => Err(leader.and_then(|l| {
+                metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.addr.clone())
+            })),
+        }
+    }
+
     /// The leader's side of a join: learner first (it catches up), then voter.
     async fn admit(&self, r: JoinRequest) -> Joined {
         let refuse = |message: String, leader: Option<String>| Joined {
@@ -357,22 +374,10 @@ impl ClusterGroup {
             message,
         };
         let _one_at_a_time = self.admit.lock().await;
-        let metrics = self.raft.metrics().borrow().clone();
-        if metrics.current_leader != Some(self.me) {
-            let leader = metrics.current_leader.and_then(|l| {
-                metrics
-                    .membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|n| n.addr.clone())
-            });
+        if let Err(leader) = self.leading() {
             return refuse("this node is not the cluster leader".into(), leader);
         }
-        let known = metrics
-            .membership_config
-            .membership()
-            .get_node(&r.node)
-            .cloned();
+        let known = self.membership().get_node(&r.node).cloned();
         if let Some(node) = known.filter(|n| n.addr != r.member) {
             // Same name (so same id), another address: the member moved. Its record is
             // updated by removing and adding it again, which needs it down; refuse clearly.
@@ -488,15 +493,7 @@ impl ClusterGroup {
     /// The leader's side of a forget.
     async fn remove(&self, r: JoinRequest) -> Joined {
         let _one_at_a_time = self.admit.lock().await;
-        let metrics = self.raft.metrics().borrow().clone();
-        if metrics.current_leader != Some(self.me) {
-            let leader = metrics.current_leader.and_then(|l| {
-                metrics
-                    .membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|n| n.addr.clone())
-            });
+        if let Err(leader) = self.leading() {
             return Joined {
                 joined: false,
                 message: match leader {
@@ -683,30 +680,8 @@ fn decode(bytes: &[u8]) -> Option<(Option<LogId>, StoredMembership)> {
     Some((applied, StoredMembership::new(membership_id, membership)))
 }
 
-fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use crate::store::fs::FileSystem;
-    crate::store::fs::RealFs.write_durably(path, bytes)
-}
-
-pub struct Builder {
-    bytes: Vec<u8>,
-    meta: SnapshotMeta<NodeId, BasicNode>,
-    path: PathBuf,
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for Builder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        write_durably(&self.path, &self.bytes)
-            .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
-        Ok(Snapshot {
-            meta: self.meta.clone(),
-            snapshot: Box::new(Cursor::new(std::mem::take(&mut self.bytes))),
-        })
-    }
-}
-
 impl RaftStateMachine<TypeConfig> for Machine {
-    type SnapshotBuilder = Builder;
+    type SnapshotBuilder = SnapshotFile;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         Ok((self.applied, self.membership.clone()))
@@ -728,8 +703,8 @@ impl RaftStateMachine<TypeConfig> for Machine {
         Ok(out)
     }
 
-    async fn get_snapshot_builder(&mut self) -> Builder {
-        Builder {
+    async fn get_snapshot_builder(&mut self) -> SnapshotFile {
+        SnapshotFile {
             bytes: self.encode(),
             meta: self.meta(),
             path: self.path.clone(),

@@ -7,6 +7,7 @@
 //! - `storage` — openraft's log storage trait for one group, over the shared log
 //! - `network` — the transport between members (a single-member group needs none)
 //! - `codec`   — the binary encoding of entries and commands
+//! - `snapshot` — writing a group's snapshot file (shared by every state machine)
 //!
 //! The state machine of a group is the queue type's own (`broker::queue::quorum`).
 
@@ -14,6 +15,7 @@ pub mod codec;
 pub mod log;
 pub mod network;
 pub mod node;
+pub mod snapshot;
 pub mod storage;
 
 use crate::broker::message::QueuedMessage;

@@ -4,36 +4,15 @@
 use super::machine::{Body, Machine};
 use super::Quorum;
 use crate::broker::message::QueuedMessage;
+use crate::raft::snapshot::{write_durably, SnapshotFile};
 use crate::raft::{Entry, LogId, StorageError, StoredMembership, TypeConfig};
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
-use openraft::{AnyError, RaftSnapshotBuilder, StorageIOError};
+use openraft::{AnyError, StorageIOError};
 use std::io::Cursor;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 pub struct StateMachine(pub Arc<Quorum>);
-
-pub struct Builder {
-    bytes: Vec<u8>,
-    meta: SnapshotMeta<u64, openraft::BasicNode>,
-    path: std::path::PathBuf,
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for Builder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        write_snapshot(&self.path, &self.bytes)
-            .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
-        Ok(Snapshot {
-            meta: self.meta.clone(),
-            snapshot: Box::new(Cursor::new(std::mem::take(&mut self.bytes))),
-        })
-    }
-}
-
-fn write_snapshot(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use crate::store::fs::FileSystem;
-    crate::store::fs::RealFs.write_durably(path, bytes)
-}
 
 impl StateMachine {
     /// Pin the segments that got live rounds, unpin those that lost their last.
@@ -50,7 +29,7 @@ impl StateMachine {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = Builder;
+    type SnapshotBuilder = SnapshotFile;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let m = self.0.machine.lock();
@@ -109,9 +88,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(out)
     }
 
-    async fn get_snapshot_builder(&mut self) -> Builder {
+    async fn get_snapshot_builder(&mut self) -> SnapshotFile {
         let m = self.0.machine.lock();
-        Builder {
+        SnapshotFile {
             bytes: m.encode(),
             meta: m.meta(),
             path: self.0.node.snapshot_path(self.0.group),
@@ -143,7 +122,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         {
             return Err(refused("snapshot refers to another node's log"));
         }
-        write_snapshot(&self.0.node.snapshot_path(self.0.group), &bytes).map_err(|e| {
+        write_durably(&self.0.node.snapshot_path(self.0.group), &bytes).map_err(|e| {
             StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e))
         })?;
         machine.applied = meta.last_log_id;
