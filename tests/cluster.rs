@@ -233,15 +233,24 @@ async fn nodes_join_a_running_member_through_any_member_and_a_wrong_secret_stays
     for n in [&a, &b, &c] {
         until(n, "a cluster of three", formed(&three)).await;
     }
-    // D has another secret: A refuses it (the handshake fails), so D is in no cluster,
-    // not even one of its own, and the three stay three.
+    // D has another secret: A refuses it (the handshake fails, counted), so D is in no
+    // cluster, not even one of its own, and the three stay three.
+    let refused = |v: &[Value]| {
+        v.iter()
+            .find(|n| n["name"] == "warrenmq@a")
+            .and_then(|n| n["cluster_peers_refused"].as_u64())
+            .unwrap_or(0)
+    };
+    let before = refused(&a.nodes().await.expect("a answers"));
     d.start(&[a.cluster_addr()], "not the cluster's secret at all");
-    until(&d, "d serving outside the cluster", |v| {
-        names(v) == ["warrenmq@d"] && v[0]["raft_voter"] == false
-    })
-    .await;
-    let view = a.nodes().await.expect("a answers");
+    let view = until(&a, "d's attempts refused", |v| refused(v) >= before + 2).await;
     assert_eq!(names(&view), three, "d never got in");
+    let view = d.nodes().await.expect("d answers");
+    assert_eq!(names(&view), ["warrenmq@d"]);
+    assert_eq!(
+        view[0]["raft_voter"], false,
+        "d formed no cluster of its own"
+    );
 
     // A quorum queue has its one member on A: stopping A would cost it its majority.
     let critical = "/health/checks/node-is-quorum-critical";

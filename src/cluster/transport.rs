@@ -129,6 +129,8 @@ pub struct Cluster {
     /// Where the listener is bound.
     pub addr: SocketAddr,
     stop: tokio::sync::watch::Sender<bool>,
+    /// Peers whose handshake failed (a wrong secret, garbage): shown in `/api/nodes`.
+    pub refused: AtomicU64,
 }
 
 impl Cluster {
@@ -150,6 +152,7 @@ impl Cluster {
             links: DashMap::new(),
             addr: listener.local_addr()?,
             stop: tokio::sync::watch::channel(false).0,
+            refused: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&cluster);
         let mut stop = cluster.stop.subscribe();
@@ -197,6 +200,7 @@ impl Cluster {
         let hello = match secret::accept(&mut stream, &self.secret, self.me, &self.name).await {
             Ok(h) => h,
             Err(e) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%peer, error = %e, "cluster peer refused");
                 return;
             }

@@ -195,7 +195,14 @@ fn nodes_json(ctx: &Ctx) -> Vec<Value> {
         .into_iter()
         .map(|m| {
             let mut v = match (&m.figures, m.me) {
-                (_, true) => node_json(ctx),
+                (_, true) => {
+                    let mut v = node_json(ctx);
+                    v["cluster_peers_refused"] = json!(cluster
+                        .cluster
+                        .refused
+                        .load(std::sync::atomic::Ordering::Relaxed));
+                    v
+                }
                 (Some(f), false) => figures_json(&m.name, f),
                 (None, false) => json!({"name": m.name, "type": "disc", "running": false}),
             };
