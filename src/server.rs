@@ -251,9 +251,13 @@ async fn join_cluster(broker: &Arc<Broker>, addr: SocketAddr) -> Result<(), Serv
         .cluster_advertise
         .clone()
         .unwrap_or_else(|| cluster.addr.to_string());
-    let Some(node) = broker.store.as_ref().and_then(|s| s.quorum()).cloned() else {
-        return Ok(());
-    };
+    // Broker::open always opens the node's Raft log; without it there is nothing to join with.
+    let node = broker
+        .store
+        .as_ref()
+        .and_then(|s| s.quorum())
+        .cloned()
+        .ok_or_else(|| group::ClusterError::Raft("the node's Raft log is not open".into()))?;
     let settings = group::Settings {
         me,
         name: name.clone(),
